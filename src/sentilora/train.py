@@ -1,0 +1,329 @@
+"""The training loop: LoRA fine-tuning with per-epoch validation, early stopping and resume.
+
+One loop, written out rather than delegated to `transformers.Trainer`, so that batching, precision
+and checkpoints are ours to control and resuming is exact: the batch order of every epoch is a pure
+function of (seed, epoch), and a checkpoint stores the trainable weights, the optimiser, the
+scheduler and the torch RNG state, so an interrupted run continues with the same per-step losses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sentilora import model as M
+from sentilora.config import Config
+from sentilora.data import load_data
+from sentilora.errors import SentiloraError
+from sentilora.model import autocast, pick_device, pick_dtype
+from sentilora.predict import predict_logits, softmax
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+StepHook = Callable[[int, float], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0
+
+
+# ---- batching ----------------------------------------------------------------------------------
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """Batches of indices for one epoch; a pure function of its arguments (so resume is exact)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        # Sort within windows of 50 batches: near-uniform lengths per batch, still a random mix.
+        window = batch_size * 50
+        chunks = [order[i : i + window] for i in range(0, len(order), window)]
+        order = np.concatenate([c[np.argsort([-lengths[j] for j in c], kind="stable")] for c in chunks])
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: StepHook | None = None,
+) -> TrainResult:
+    """Fine-tune `cfg.model.name` with LoRA on `cfg.data` and write a run bundle to `out_dir`."""
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / CHECKPOINT
+    if resume:
+        if not (ckpt_dir / "state.pt").is_file():
+            raise SentiloraError(
+                f"{out_dir}: nothing to resume (no {CHECKPOINT}/state.pt). Start a new run without --resume."
+            )
+        cfg = Config.from_yaml(out_dir / "config.yaml")
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        hint = "add --resume to continue it" if ckpt_dir.is_dir() else "choose a new --out folder or delete it"
+        raise SentiloraError(f"{out_dir}: folder exists and is not empty; {hint}.")
+
+    t = cfg.train
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    device = pick_device(t.device)
+    dtype = pick_dtype(t.precision, device)
+    torch.manual_seed(t.seed)
+
+    # Everything that can fail on user input happens before the run folder is created.
+    data = load_data(cfg.data, need=("train", "validation"))
+    tokenizer = M.load_tokenizer(cfg.model.name, revision=cfg.model.revision)
+    base, new_weights = M.load_base_model(cfg.model.name, data.label_names, revision=cfg.model.revision)
+    heads = M.head_modules(base, new_weights)
+    targets = M.target_modules(base, cfg.lora.target_modules)
+    fp = M.fingerprint(base)
+    torch.manual_seed(t.seed)  # the head's init above consumed RNG in a model-dependent way
+    model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets, heads=heads)
+    model.to(device)
+    enc = {s: M.encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
+    train_ids, train_y = enc["train"], data.splits["train"].labels
+    lengths = [len(s) for s in train_ids]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    steps_per_epoch = math.ceil(math.ceil(len(train_ids) / t.batch_size) / t.grad_accum)
+    total_steps = steps_per_epoch * t.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    warmup = int(t.warmup_ratio * total_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = _State()
+    if resume:
+        state = _load_checkpoint(ckpt_dir, model, optim, sched)
+        log.info("resuming %s at step %d (epoch %d)", out_dir, state.step, state.epoch + 1)
+    else:
+        M.atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+        (out_dir / "train_log.jsonl").write_text("")
+
+    manifest = M.Manifest(
+        kind="adapter",
+        base_model=cfg.model.name,
+        base_revision=cfg.model.revision,
+        base_fingerprint=fp,
+        label_names=list(data.label_names),
+        head_modules=heads,
+        target_modules=targets,
+        max_length=cfg.model.max_length,
+        truncation=cfg.model.truncation,
+    )
+    n_trainable = sum(p.numel() for p in params)
+    log.info("training %s params (%d trainable) on %s, %s", cfg.model.name, n_trainable, device, dtype or "fp32")
+
+    bar = _Progress(len(train_ids) * t.epochs, enabled=progress)
+    bar.advance(min(len(train_ids) * t.epochs, state.step * t.batch_size * t.grad_accum), timed=False)
+    t0 = time.perf_counter()
+    stop = False
+    try:
+        for epoch in range(state.epoch, t.epochs):
+            batches = epoch_batches(lengths, t.batch_size, seed=t.seed, epoch=epoch, group_by_length=t.group_by_length)
+            groups = [batches[i : i + t.grad_accum] for i in range(0, len(batches), t.grad_accum)]
+            done_in_epoch = state.step - epoch * steps_per_epoch
+            model.train()
+            for group in groups[done_in_epoch:]:
+                loss = _optim_step(model, group, train_ids, train_y, pad_id, device, dtype, optim, sched, params, t.max_grad_norm)
+                state.step += 1
+                with open(out_dir / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": state.step, "epoch": epoch + 1, "loss": loss, "lr": sched.get_last_lr()[0]}) + "\n")
+                bar.advance(sum(len(b) for b in group), loss=loss, epoch=epoch + 1)
+                if on_step is not None:
+                    on_step(state.step, loss)
+                if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step % steps_per_epoch:
+                    _save_checkpoint(ckpt_dir, model, optim, sched, state)
+
+            metrics = _validate(model, enc["validation"], data.splits["validation"].labels, pad_id, device, dtype, cfg)
+            metrics["epoch"] = epoch + 1
+            metrics["step"] = state.step
+            state.history.append(metrics)
+            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+            if state.best is None or _better(metrics, state.best, t.select_metric):
+                state.best = metrics
+                state.bad_epochs = 0
+                ckpt_dir.mkdir(exist_ok=True)
+                _save_tensors(ckpt_dir / "best.safetensors", M.trainable_state(model))
+            else:
+                state.bad_epochs += 1
+                stop = bool(t.early_stopping_patience) and state.bad_epochs >= t.early_stopping_patience
+            state.epoch = epoch + 1
+            _save_checkpoint(ckpt_dir, model, optim, sched, state)
+            if stop:
+                log.info("early stopping after epoch %d (no gain for %d epochs)", epoch + 1, state.bad_epochs)
+                break
+    finally:
+        bar.close()
+    state.train_seconds += time.perf_counter() - t0
+
+    # The bundle holds the best epoch, not the last.
+    M.load_trainable_state(model, _load_tensors(ckpt_dir / "best.safetensors"))
+    assert state.best is not None
+    history = {"best_epoch": state.best["epoch"], "select_metric": t.select_metric, "epochs": state.history,
+               "steps": state.step, "train_seconds": round(state.train_seconds, 2), "trainable_params": n_trainable,
+               "device": str(device), "precision": str(dtype or "fp32").replace("torch.", "")}
+    M.atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2) + "\n")
+    M.save_bundle(model, tokenizer, manifest, out_dir)
+    shutil.rmtree(ckpt_dir)
+    return TrainResult(out_dir, state.best["epoch"], state.best, state.history, state.step, state.train_seconds)
+
+
+def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, params, max_norm) -> float:
+    n = sum(len(b) for b in group)
+    total = 0.0
+    for idx in group:
+        batch = {k: v.to(device) for k, v in M.collate([ids[i] for i in idx], pad_id).items()}
+        y = torch.tensor([labels[i] for i in idx], device=device)
+        with autocast(device, dtype):
+            logits = model(**batch).logits
+        # Loss in fp32, weighted by batch share so accumulation equals one big batch.
+        loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / n
+        loss.backward()
+        total += loss.item()
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optim.step()
+    sched.step()
+    optim.zero_grad(set_to_none=True)
+    return total
+
+
+def _validate(model, ids, labels, pad_id, device, dtype, cfg: Config) -> dict[str, float]:
+    from sentilora.evaluate import compute_metrics
+
+    logits = predict_logits(model, ids, pad_id=pad_id, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    m = compute_metrics(np.asarray(labels), softmax(logits), n_classes=logits.shape[1])
+    keep = ("accuracy", "f1", "loss")
+    return {k: float(m[k]) for k in keep if k in m}
+
+
+def _better(new: dict[str, float], old: dict[str, float], metric: str) -> bool:
+    return new[metric] < old[metric] if metric == "loss" else new[metric] > old[metric]
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0  # epochs fully completed
+    best: dict[str, Any] | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _save_checkpoint(folder: Path, model, optim, sched, state: _State) -> None:
+    folder.mkdir(exist_ok=True)
+    _save_tensors(folder / "weights.safetensors", M.trainable_state(model))
+    blob = {
+        "optimizer": optim.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "state": json.dumps(state.__dict__),
+    }
+    tmp = folder / ".state.pt.tmp"
+    torch.save(blob, tmp)
+    tmp.replace(folder / "state.pt")  # the state file is written last: it marks the checkpoint complete
+
+
+def _load_checkpoint(folder: Path, model, optim, sched) -> _State:
+    blob = torch.load(folder / "state.pt", weights_only=True)
+    M.load_trainable_state(model, _load_tensors(folder / "weights.safetensors"))
+    optim.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"])
+    if blob["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    state = _State(**json.loads(blob["state"]))
+    # Drop log lines written after the checkpoint so the log matches an uninterrupted run.
+    log_path = folder.parent / "train_log.jsonl"
+    lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= state.step]
+    log_path.write_text("".join(ln + "\n" for ln in lines))
+    return state
+
+
+class _Progress:
+    """A rich progress bar over training samples, showing samples/s, loss and ETA."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} samples/s"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, epoch=1, loss="-", rate="-")
+        self.t0 = time.perf_counter()
+        self.done = 0
+
+    def advance(self, n: int, *, loss: float | None = None, epoch: int | None = None, timed: bool = True) -> None:
+        if self.bar is None:
+            return
+        if timed:  # work restored from a checkpoint is not counted in the rate
+            self.done += n
+        rate = self.done / max(1e-9, time.perf_counter() - self.t0)
+        fields: dict[str, Any] = {"rate": f"{rate:6.1f}"}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if epoch is not None:
+            fields["epoch"] = epoch
+        self.bar.update(self.task, advance=n, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

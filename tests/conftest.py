@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny random DistilBERT and BERT with a tokenizer trained on the fly, and
+a few dozen synthetic reviews. Everything is offline and takes seconds."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = {
+    "negative": ["bad", "awful", "terrible", "boring", "hated", "dull", "worst"],
+    "positive": ["good", "great", "excellent", "wonderful", "loved", "superb", "best"],
+    "neutral": ["okay", "fine", "average", "mixed", "plain", "middling", "so-so"],
+}
+FILLER = "the movie film plot actor scene story was and a it this very really quite with".split()
+
+
+def make_rows(n: int, classes: list[str], *, seed: int) -> pd.DataFrame:
+    """Synthetic reviews whose class shows in its sentiment words; lengths vary 4x."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = classes[i % len(classes)]
+        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 20))]
+        for _ in range(rng.randint(1, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(WORDS[label]))
+        rows.append({"text": " ".join(words).capitalize() + ".", "label": label})
+    rng.shuffle(rows)
+    return pd.DataFrame(rows)
+
+
+def _train_tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizer
+
+    corpus = [" ".join(FILLER)] + [" ".join(w) for w in WORDS.values()]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(corpus * 5, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(w + "\n" for w, _ in vocab))
+    BertTokenizer(vocab=dict(vocab), do_lower_case=True, model_max_length=128).save_pretrained(str(folder))
+
+
+def _tiny_model(arch: str, folder: Path) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    _train_tokenizer(folder)
+    vocab_size = sum(1 for _ in open(folder / "vocab.txt"))
+    torch.manual_seed(0)
+    if arch == "distilbert":
+        cfg = DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128)
+        model = DistilBertModel(cfg)
+    else:
+        cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)
+        model = BertModel(cfg)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: _tiny_model(arch, root / arch) for arch in ("distilbert", "bert")}
+
+
+@pytest.fixture(params=["distilbert", "bert"])
+def tiny_model(request: pytest.FixtureRequest, tiny_models: dict[str, Path]) -> Path:
+    return tiny_models[request.param]
+
+
+@pytest.fixture
+def dataset(tmp_path: Path):
+    """Factory: write train/test CSVs with the given classes; returns (train_path, test_path)."""
+
+    def make(classes: tuple[str, ...] = ("negative", "positive"), n_train: int = 48, n_test: int = 24) -> tuple[Path, Path]:
+        train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+        make_rows(n_train, list(classes), seed=1).to_csv(train, index=False)
+        make_rows(n_test, list(classes), seed=2).to_csv(test, index=False)
+        return train, test
+
+    return make
+
+
+def tiny_config(model: Path, train: Path, test: Path, **overrides: object):
+    """A Config that trains a tiny model in a couple of seconds."""
+    from sentilora.config import Config
+
+    cfg = Config().override({
+        "model.name": str(model), "model.max_length": 32,
+        "data.source": str(train), "data.test_file": str(test), "data.val_fraction": 0.25,
+        "train.epochs": 2, "train.batch_size": 8, "train.lr": 5e-3, "train.precision": "fp32",
+        "train.device": "cpu", "train.warmup_ratio": 0.0, "eval.batch_size": 16,
+    })
+    return cfg.override(dict(overrides)) if overrides else cfg
