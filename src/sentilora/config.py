@@ -250,6 +250,11 @@ def _parse_cli_value(value: Any, typ: Any) -> Any:
         return [v.strip() for v in value.split(",") if v.strip()]
     if base is str or typing.get_origin(base) is Literal:
         return value
+    for parse in ((int,) if base is int else (int, float) if base is float else ()):
+        try:
+            return parse(value)  # YAML would read "2e-3" as text
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(value)
     except yaml.YAMLError:

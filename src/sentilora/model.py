@@ -171,7 +171,7 @@ def add_lora(model: nn.Module, *, r: int, alpha: int, dropout: float, targets: l
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets,
-        modules_to_save=heads,
+        modules_to_save=list(heads),  # peft appends its own defaults to this list in place
     )
     peft_model = get_peft_model(model, cfg)
     untrained = [n for n, p in peft_model.named_parameters() if _is_head_param(n, heads) and not p.requires_grad]
@@ -385,8 +385,9 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
             "saved in the bundle; predictions would be random. Retrain with this sentilora version."
         )
     adapter_cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    if sorted(adapter_cfg.get("modules_to_save") or []) != sorted(man.head_modules):
-        raise BundleError(f"{folder}: adapter head modules do not match the manifest; the bundle was altered.")
+    # peft adds its own defaults ("classifier", "score") to modules_to_save; ours must all be there.
+    if not set(man.head_modules) <= set(adapter_cfg.get("modules_to_save") or []):
+        raise BundleError(f"{folder}: the adapter does not hold the trained head {man.head_modules}; the bundle was altered.")
     try:
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError) as e:

@@ -187,7 +187,8 @@ def train(
     M.load_trainable_state(model, _load_tensors(ckpt_dir / "best.safetensors"))
     assert state.best is not None
     history = {"best_epoch": state.best["epoch"], "select_metric": t.select_metric, "epochs": state.history,
-               "steps": state.step, "train_seconds": round(state.train_seconds, 2), "trainable_params": n_trainable,
+               "steps": state.step, "train_samples": len(train_ids) * len(state.history),
+               "train_seconds": round(state.train_seconds, 2), "trainable_params": n_trainable,
                "device": str(device), "precision": str(dtype or "fp32").replace("torch.", "")}
     M.atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2) + "\n")
     M.save_bundle(model, tokenizer, manifest, out_dir)
@@ -287,11 +288,17 @@ def _load_checkpoint(folder: Path, model, optim, sched) -> _State:
 
 
 class _Progress:
-    """A rich progress bar over training samples, showing samples/s, loss and ETA."""
+    """Progress over training samples with samples/s, loss and ETA: a rich bar on a terminal,
+    a log line every 30 s otherwise (CI logs, nohup)."""
 
     def __init__(self, total: int, *, enabled: bool) -> None:
+        from rich.console import Console
+
+        self.enabled, self.total, self.done, self.seen = enabled, total, 0, 0
+        self.t0 = self.last_log = time.perf_counter()
+        self.fields: dict[str, Any] = {"epoch": 1, "loss": "-", "rate": "-"}
         self.bar = None
-        if not enabled:
+        if not enabled or not Console(stderr=True).is_terminal:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -304,25 +311,31 @@ class _Progress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            transient=False,
+            console=Console(stderr=True),
         )
         self.bar.start()
-        self.task = self.bar.add_task("train", total=total, epoch=1, loss="-", rate="-")
-        self.t0 = time.perf_counter()
-        self.done = 0
+        self.task = self.bar.add_task("train", total=total, **self.fields)
 
     def advance(self, n: int, *, loss: float | None = None, epoch: int | None = None, timed: bool = True) -> None:
-        if self.bar is None:
+        if not self.enabled:
             return
+        self.seen += n
         if timed:  # work restored from a checkpoint is not counted in the rate
             self.done += n
-        rate = self.done / max(1e-9, time.perf_counter() - self.t0)
-        fields: dict[str, Any] = {"rate": f"{rate:6.1f}"}
+        now = time.perf_counter()
+        rate = self.done / max(1e-9, now - self.t0)
+        self.fields["rate"] = f"{rate:6.1f}"
         if loss is not None:
-            fields["loss"] = f"{loss:.4f}"
+            self.fields["loss"] = f"{loss:.4f}"
         if epoch is not None:
-            fields["epoch"] = epoch
-        self.bar.update(self.task, advance=n, **fields)
+            self.fields["epoch"] = epoch
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, **self.fields)
+        elif now - self.last_log >= 30 and rate > 0:
+            self.last_log = now
+            eta = (self.total - self.seen) / rate
+            log.info("epoch %s: %d/%d samples, %.1f samples/s, loss %s, ETA %dm%02ds",
+                     self.fields["epoch"], self.seen, self.total, rate, self.fields["loss"], eta // 60, eta % 60)
 
     def close(self) -> None:
         if self.bar is not None:

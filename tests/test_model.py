@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sentilora import model as M
+from sentilora.errors import ModelLoadError
+
+
+@pytest.mark.parametrize(
+    "arch, heads, targets",
+    [("distilbert", ["classifier", "pre_classifier"], ["q_lin", "v_lin"]), ("bert", ["classifier"], ["query", "value"])],
+)
+def test_new_weights_become_trained_heads(tiny_models, arch, heads, targets):
+    base, new = M.load_base_model(str(tiny_models[arch]), ["a", "b", "c"])
+    # Found from the loading report, not by name: DistilBERT's pre_classifier is new too.
+    assert M.head_modules(base, new) == heads
+    assert M.target_modules(base, None) == targets
+    peft_model = M.add_lora(base, r=2, alpha=4, dropout=0.0, targets=targets, heads=heads)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    for h in heads:
+        assert any(f"{h}.modules_to_save.default.weight" in n for n in trainable)
+    assert any("lora_A" in n for n in trainable)
+    assert not any("embeddings" in n for n in trainable)
+
+
+def test_unknown_architecture_lists_linear_layers(tiny_models):
+    base, _ = M.load_base_model(str(tiny_models["bert"]), ["a", "b"])
+    base.config.model_type = "mystery"
+    with pytest.raises(ModelLoadError, match=r"no default LoRA targets for architecture 'mystery'.*query.*value"):
+        M.target_modules(base, None)
+    with pytest.raises(ModelLoadError, match=r"--lora.target_modules q_lin not found.*Its linear layers are"):
+        M.target_modules(base, ["q_lin"])
+
+
+def test_offline_hub_model_error_suggests_minilm(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"could not load the tokenizer 'distilbert-base-uncased'.*--model.name minilm"):
+        M.load_tokenizer("distilbert")
+
+
+@pytest.mark.parametrize("truncation", ["right", "left", "head_tail"])
+def test_encode_truncation(tiny_models, truncation):
+    tok = M.load_tokenizer(str(tiny_models["bert"]))
+    words = [f"{w}" for w in ("good bad " * 30).split()]
+    words[0], words[-1] = "movie", "plot"
+    ids = M.encode(tok, [" ".join(words), "great"], max_length=16, truncation=truncation)
+    long, short = ids
+    assert len(long) == 16 and len(short) == 3
+    assert long[0] == tok.cls_token_id and long[-1] == tok.sep_token_id
+    tokens = tok.convert_ids_to_tokens(long[1:-1])
+    assert (tokens[0] == "movie") == (truncation in ("right", "head_tail"))
+    assert (tokens[-1] == "plot") == (truncation in ("left", "head_tail"))
+
+
+def test_collate_pads_dynamically():
+    batch = M.collate([[5, 6, 7], [8]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_fingerprint_tells_base_models_apart(tiny_models):
+    a, _ = M.load_base_model(str(tiny_models["bert"]), ["x", "y"])
+    b, _ = M.load_base_model(str(tiny_models["bert"]), ["x", "y"])
+    assert M.fingerprint(a) == M.fingerprint(b)
+    with torch.no_grad():
+        b.get_input_embeddings().weight[0, 0] += 1.0
+    assert M.fingerprint(a) != M.fingerprint(b)

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from sentilora import Classifier
+from sentilora.evaluate import evaluate_run
+from sentilora.model import merge_bundle
+from sentilora.train import epoch_batches, train
+
+BUNDLE_FILES = {
+    "sentilora.json",
+    "config.yaml",
+    "history.json",
+    "train_log.jsonl",
+    "adapter/README.md",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+}
+TEXTS = ["The movie was great and wonderful.", "Awful, boring, the worst plot.", "It was okay, fine.", "film"]
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("classes", [("negative", "positive"), ("negative", "neutral", "positive")], ids=["binary", "3class"])
+def test_train_reload_merge(tiny_model, dataset, tmp_path, classes):
+    train_csv, test_csv = dataset(classes)
+    run = tmp_path / "run"
+    result = train(tiny_config(tiny_model, train_csv, test_csv), run, progress=False)
+
+    assert _files(run) == BUNDLE_FILES
+    manifest = json.loads((run / "sentilora.json").read_text())
+    assert manifest["label_names"] == sorted(classes)
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["epochs"]) == 2 and history["best_epoch"] == result.best_epoch
+
+    # The reloaded bundle reproduces the best epoch's validation loss: head and adapter were saved.
+    val = evaluate_run(run, split="validation")["metrics"]
+    assert val["loss"] == pytest.approx(result.best_metrics["loss"], abs=1e-6)
+
+    a, b = Classifier.load(run), Classifier.load(run)
+    pa = a.predict_proba(TEXTS)
+    np.testing.assert_array_equal(pa, b.predict_proba(TEXTS))
+    assert pa.shape == (len(TEXTS), len(classes))
+    assert a.predict(TEXTS) == [sorted(classes)[i] for i in pa.argmax(axis=1)]
+    assert a.predict(TEXTS[0]) == a.predict(TEXTS)[0]
+
+    lora_b = [p for n, p in a.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().max() > 0 for p in lora_b), "LoRA weights never moved; merge test would be vacuous"
+
+    merged = merge_bundle(run, tmp_path / "merged")
+    c = Classifier.load(merged)
+    enc = a.encode(TEXTS)
+    from sentilora.predict import predict_logits
+
+    def logits(clf):
+        return predict_logits(clf.model, enc, pad_id=clf.pad_id, batch_size=8, device=torch.device("cpu"), dtype=None)
+
+    np.testing.assert_allclose(logits(c), logits(a), atol=1e-4)
+
+    # The seed notebooks' usage snippet on the merged folder, with real label names.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(merged)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    assert model.config.id2label == dict(enumerate(sorted(classes)))
+    for text in TEXTS:
+        inputs = tokenizer.encode(text, return_tensors="pt")
+        label = model.config.id2label[torch.argmax(model(inputs).logits).item()]
+        assert label in classes
+
+
+def test_resume_matches_uninterrupted_run(tiny_models, dataset, tmp_path):
+    train_csv, test_csv = dataset()
+    cfg = tiny_config(tiny_models["distilbert"], train_csv, test_csv, **{"train.checkpoint_every": 1, "train.epochs": 3})
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_7(step, loss):
+        if step == 7:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", progress=False, on_step=crash_at_7)
+    assert not (tmp_path / "cut" / "sentilora.json").exists()  # an interrupted run is not a bundle
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
+
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+    assert resumed.steps == full.steps
+    np.testing.assert_allclose(losses(tmp_path / "cut"), losses(tmp_path / "full"), atol=1e-6, rtol=0)
+    assert len(losses(tmp_path / "cut")) == full.steps
+    np.testing.assert_allclose(
+        Classifier.load(tmp_path / "cut").predict_proba(TEXTS), Classifier.load(tmp_path / "full").predict_proba(TEXTS), atol=1e-6
+    )
+
+
+def test_epoch_batches_cover_every_row_once():
+    lengths = list(np.random.default_rng(0).integers(5, 500, size=203))
+    for group in (True, False):
+        batches = epoch_batches(lengths, 16, seed=3, epoch=1, group_by_length=group)
+        flat = sorted(i for b in batches for i in b)
+        assert flat == list(range(203))
+        assert batches == epoch_batches(lengths, 16, seed=3, epoch=1, group_by_length=group)
+        assert batches != epoch_batches(lengths, 16, seed=3, epoch=2, group_by_length=group)
+    grouped = epoch_batches(lengths, 16, seed=3, epoch=1, group_by_length=True)
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in grouped])
+    assert spread < 0.2 * np.ptp(lengths)  # length-grouped batches hold similar lengths
+
+
+def test_early_stopping_keeps_best_epoch(tiny_models, dataset, tmp_path):
+    train_csv, test_csv = dataset()
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{
+        "train.epochs": 6, "train.early_stopping_patience": 1, "train.select_metric": "loss"})
+    result = train(cfg, tmp_path / "run", progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert result.best_metrics["loss"] == min(losses)
+    assert len(result.history) == 6 or losses[-1] >= min(losses)  # stopped only after a non-improving epoch
+
+
+def test_refuses_to_overwrite_a_run(tiny_models, dataset, tmp_path):
+    train_csv, test_csv = dataset()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    from sentilora.errors import SentiloraError
+
+    with pytest.raises(SentiloraError, match="folder exists and is not empty"):
+        train(tiny_config(tiny_models["bert"], train_csv, test_csv), tmp_path / "run", progress=False)
+    with pytest.raises(SentiloraError, match="nothing to resume"):
+        train(tiny_config(tiny_models["bert"], train_csv, test_csv), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
