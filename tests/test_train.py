@@ -140,3 +140,30 @@ def test_refuses_to_overwrite_a_run(tiny_models, dataset, tmp_path):
     with pytest.raises(SentiloraError, match="nothing to resume"):
         train(tiny_config(tiny_models["bert"], train_csv, test_csv), tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_bundle_checks_its_base_model(tiny_models, dataset, tmp_path):
+    import shutil
+
+    from sentilora.errors import BundleError
+
+    train_csv, test_csv = dataset()
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["bert"], base)
+    run = tmp_path / "run"
+    train(tiny_config(base, train_csv, test_csv, **{"train.epochs": 1}), run, progress=False)
+    clf = Classifier.load(run)
+    clf.save(tmp_path / "copy")  # save() writes a bundle that loads to the same predictions
+    np.testing.assert_array_equal(Classifier.load(tmp_path / "copy").predict_proba(TEXTS), clf.predict_proba(TEXTS))
+
+    # Another checkpoint under the same path: refused, not silently mispredicting.
+    from transformers import BertModel
+
+    other = BertModel.from_pretrained(base)
+    torch.nn.init.normal_(other.embeddings.word_embeddings.weight)
+    other.save_pretrained(base)
+    with pytest.raises(BundleError, match="does not match the one this adapter was trained on"):
+        Classifier.load(run)
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(BundleError, match="adapter_model.safetensors is missing"):
+        Classifier.load(run)

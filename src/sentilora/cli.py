@@ -32,9 +32,11 @@ err = Console(stderr=True)
 
 
 def _options_epilog() -> str:
+    from rich.markup import escape
+
     lines = ["[bold]Config options[/] (YAML keys, or flags like --train.epochs 3):\n\n"]
     for name, typ, default, help in all_options():
-        lines.append(f"  --{name} [dim]{typ}[/] = {default!r}  {help}\n\n")
+        lines.append(f"  [bold]--{name}[/] [dim]{typ}[/] = {escape(repr(default))}  {escape(help)}\n\n")
     return "".join(lines)
 
 

@@ -83,7 +83,7 @@ class TrainConfig:
     epochs: int = _f(3, "Training epochs (early stopping may end sooner).")
     batch_size: int = _f(16, "Texts per optimiser step (before gradient accumulation).")
     grad_accum: int = _f(1, "Batches accumulated per optimiser step.")
-    lr: float = _f(5e-4, "Peak learning rate (AdamW), linear warm-up then linear decay.")
+    lr: float = _f(2e-3, "Peak learning rate (AdamW), linear warm-up then linear decay.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")

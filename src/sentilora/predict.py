@@ -151,6 +151,8 @@ def predict_file(
     """
     from sentilora.data import read_table, write_table
 
+    if Path(output_path).suffix.lower() == ".txt":
+        raise DataError(f"{output_path}: a scored file has several columns; write .csv, .tsv, .jsonl, .json or .parquet.")
     df = read_table(input_path)
     if text_column not in df.columns:
         raise DataError(

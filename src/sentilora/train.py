@@ -112,6 +112,8 @@ def train(
     total_steps = steps_per_epoch * t.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     warmup = int(t.warmup_ratio * total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
@@ -120,7 +122,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _State()
     if resume:
-        state = _load_checkpoint(ckpt_dir, model, optim, sched)
+        state = _load_checkpoint(ckpt_dir, model, optim, sched, scaler)
         log.info("resuming %s at step %d (epoch %d)", out_dir, state.step, state.epoch + 1)
     else:
         M.atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
@@ -151,7 +153,7 @@ def train(
             done_in_epoch = state.step - epoch * steps_per_epoch
             model.train()
             for group in groups[done_in_epoch:]:
-                loss = _optim_step(model, group, train_ids, train_y, pad_id, device, dtype, optim, sched, params, t.max_grad_norm)
+                loss = _optim_step(model, group, train_ids, train_y, pad_id, device, dtype, optim, sched, scaler, params, t.max_grad_norm)
                 state.step += 1
                 with open(out_dir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps({"step": state.step, "epoch": epoch + 1, "loss": loss, "lr": sched.get_last_lr()[0]}) + "\n")
@@ -159,7 +161,7 @@ def train(
                 if on_step is not None:
                     on_step(state.step, loss)
                 if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step % steps_per_epoch:
-                    _save_checkpoint(ckpt_dir, model, optim, sched, state)
+                    _save_checkpoint(ckpt_dir, model, optim, sched, scaler, state)
 
             metrics = _validate(model, enc["validation"], data.splits["validation"].labels, pad_id, device, dtype, cfg)
             metrics["epoch"] = epoch + 1
@@ -175,7 +177,7 @@ def train(
                 state.bad_epochs += 1
                 stop = bool(t.early_stopping_patience) and state.bad_epochs >= t.early_stopping_patience
             state.epoch = epoch + 1
-            _save_checkpoint(ckpt_dir, model, optim, sched, state)
+            _save_checkpoint(ckpt_dir, model, optim, sched, scaler, state)
             if stop:
                 log.info("early stopping after epoch %d (no gain for %d epochs)", epoch + 1, state.bad_epochs)
                 break
@@ -196,7 +198,7 @@ def train(
     return TrainResult(out_dir, state.best["epoch"], state.best, state.history, state.step, state.train_seconds)
 
 
-def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, params, max_norm) -> float:
+def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, scaler, params, max_norm) -> float:
     n = sum(len(b) for b in group)
     total = 0.0
     for idx in group:
@@ -206,11 +208,13 @@ def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, 
             logits = model(**batch).logits
         # Loss in fp32, weighted by batch share so accumulation equals one big batch.
         loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / n
-        loss.backward()
+        scaler.scale(loss).backward()
         total += loss.item()
+    scaler.unscale_(optim)
     if max_norm:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optim.step()
+    scaler.step(optim)
+    scaler.update()
     sched.step()
     optim.zero_grad(set_to_none=True)
     return total
@@ -256,12 +260,13 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _save_checkpoint(folder: Path, model, optim, sched, state: _State) -> None:
+def _save_checkpoint(folder: Path, model, optim, sched, scaler, state: _State) -> None:
     folder.mkdir(exist_ok=True)
     _save_tensors(folder / "weights.safetensors", M.trainable_state(model))
     blob = {
         "optimizer": optim.state_dict(),
         "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "state": json.dumps(state.__dict__),
@@ -271,11 +276,13 @@ def _save_checkpoint(folder: Path, model, optim, sched, state: _State) -> None:
     tmp.replace(folder / "state.pt")  # the state file is written last: it marks the checkpoint complete
 
 
-def _load_checkpoint(folder: Path, model, optim, sched) -> _State:
+def _load_checkpoint(folder: Path, model, optim, sched, scaler) -> _State:
     blob = torch.load(folder / "state.pt", weights_only=True)
     M.load_trainable_state(model, _load_tensors(folder / "weights.safetensors"))
     optim.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
+    if blob["scaler"]:
+        scaler.load_state_dict(blob["scaler"])
     torch.set_rng_state(blob["rng"])
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
