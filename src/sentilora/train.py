@@ -144,10 +144,11 @@ def train(
 
     bar = _Progress(len(train_ids) * t.epochs, enabled=progress)
     bar.advance(min(len(train_ids) * t.epochs, state.step * t.batch_size * t.grad_accum), timed=False)
-    t0 = time.perf_counter()
-    stop = False
+    t0, seconds_before = time.perf_counter(), state.train_seconds
     try:
         for epoch in range(state.epoch, t.epochs):
+            if state.stopped:
+                break
             batches = epoch_batches(lengths, t.batch_size, seed=t.seed, epoch=epoch, group_by_length=t.group_by_length)
             groups = [batches[i : i + t.grad_accum] for i in range(0, len(batches), t.grad_accum)]
             done_in_epoch = state.step - epoch * steps_per_epoch
@@ -161,6 +162,7 @@ def train(
                 if on_step is not None:
                     on_step(state.step, loss)
                 if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step % steps_per_epoch:
+                    state.train_seconds = seconds_before + time.perf_counter() - t0
                     _save_checkpoint(ckpt_dir, model, optim, sched, scaler, state)
 
             metrics = _validate(model, enc["validation"], data.splits["validation"].labels, pad_id, device, dtype, cfg)
@@ -175,15 +177,19 @@ def train(
                 _save_tensors(ckpt_dir / "best.safetensors", M.trainable_state(model))
             else:
                 state.bad_epochs += 1
-                stop = bool(t.early_stopping_patience) and state.bad_epochs >= t.early_stopping_patience
+                state.stopped = bool(t.early_stopping_patience) and state.bad_epochs >= t.early_stopping_patience
             state.epoch = epoch + 1
+            state.train_seconds = seconds_before + time.perf_counter() - t0
             _save_checkpoint(ckpt_dir, model, optim, sched, scaler, state)
-            if stop:
+            if state.stopped:
                 log.info("early stopping after epoch %d (no gain for %d epochs)", epoch + 1, state.bad_epochs)
-                break
+    except BaseException:
+        if (ckpt_dir / "state.pt").is_file():
+            log.warning("run stopped; `sentilora train --out %s --resume` continues from its last checkpoint", out_dir)
+        raise
     finally:
         bar.close()
-    state.train_seconds += time.perf_counter() - t0
+    state.train_seconds = seconds_before + time.perf_counter() - t0
 
     # The bundle holds the best epoch, not the last.
     M.load_trainable_state(model, _load_tensors(ckpt_dir / "best.safetensors"))
@@ -243,7 +249,8 @@ class _State:
     best: dict[str, Any] | None = None
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall time of the loop, per-epoch validation included
+    stopped: bool = False  # early stopping fired
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
