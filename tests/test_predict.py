@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sentilora import Classifier
+from sentilora.errors import DataError
+from sentilora.predict import chunk_windows, length_sorted_batches
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained_run):
+    return trained_run("bert")
+
+
+def test_token_budget_batches():
+    lengths = [5, 100, 7, 100, 50, 6, 99, 8]
+    batches = list(length_sorted_batches(lengths, max_batch=4, max_tokens=200))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 4 and len(b) * max(lengths[i] for i in b) <= 200
+    assert batches[0] == [1, 3]  # longest first, two of 100 tokens fill the budget
+    assert batches[-1] == [7, 2, 5, 0]  # short texts go many to a batch
+
+
+def test_results_come_back_in_input_order(run_dir):
+    clf = Classifier.load(run_dir, precision="fp32")
+    texts = [("good film " * n).strip() for n in (1, 30, 3, 12, 1, 7)] + ["awful plot and boring"]
+    together = clf.predict_proba(texts, batch_size=3, max_tokens=64)
+    one_by_one = np.concatenate([clf.predict_proba(t) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    assert clf.predict(texts) == [clf.predict(t) for t in texts]
+
+
+def test_merged_in_memory_matches_adapter(run_dir):
+    texts = ["great wonderful film", "the worst, boring plot", "fine"]
+    merged = Classifier.load(run_dir, precision="fp32", merge=True).predict_proba(texts)
+    adapter = Classifier.load(run_dir, precision="fp32", merge=False).predict_proba(texts)
+    np.testing.assert_allclose(merged, adapter, atol=1e-5)
+
+
+def test_chunk_mode_reads_past_max_length(run_dir):
+    clf = Classifier.load(run_dir, precision="fp32")  # trained with max_length 32
+    long = " ".join(["the movie was very good"] * 40)  # ~200 tokens
+    windows = chunk_windows(list(range(100)), [101], [102], max_length=32)
+    assert all(len(w) == 32 and w[0] == 101 and w[-1] == 102 for w in windows)
+    covered = sorted({t for w in windows for t in w[1:-1]})
+    assert covered == list(range(100))  # every token is seen by some window
+    short = "good film"
+    chunked = clf.predict_proba([short, long], long_texts="chunk")
+    truncated = clf.predict_proba([short, long])
+    np.testing.assert_allclose(chunked[0], truncated[0], atol=1e-5)  # a short text is one window
+    assert chunked.shape == (2, 2) and np.allclose(chunked.sum(axis=1), 1)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 3.5])
+def test_bad_texts_are_refused_with_their_row(run_dir, bad):
+    clf = Classifier.load(run_dir, precision="fp32")
+    with pytest.raises(DataError, match="input row 2"):
+        clf.predict_proba(["fine", bad])

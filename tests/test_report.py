@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import warnings
+
+import numpy as np
+import pytest
+from conftest import make_rows, tiny_config
+from PIL import Image
+from typer.testing import CliRunner
+
+from sentilora.calibrate import calibrate_run
+from sentilora.cli import app
+from sentilora.evaluate import evaluate_run
+from sentilora.report import (
+    bootstrap_ci,
+    confident_mistakes,
+    excerpt,
+    length_buckets,
+    truncation_errors,
+)
+from sentilora.train import train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _valid_png(data: bytes) -> bool:
+    if not data.startswith(PNG_MAGIC):
+        return False
+    Image.open(io.BytesIO(data)).verify()  # raises on a damaged file
+    return Image.open(io.BytesIO(data)).size[0] > 100
+
+
+@pytest.mark.parametrize("classes", [("negative", "positive"), ("negative", "neutral", "positive")], ids=["binary", "3class"])
+def test_report_builds_with_valid_images(tiny_models, tmp_path, classes):
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    make_rows(48, list(classes), seed=1).to_csv(train_csv, index=False)
+    make_rows(30, list(classes), seed=2).to_csv(test_csv, index=False)
+    run = tmp_path / "run"
+    # max_length 12 truncates some of the synthetic texts, so both truncation groups are filled
+    train(tiny_config(tiny_models["distilbert"], train_csv, test_csv, **{"train.epochs": 1, "model.max_length": 12}),
+          run, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few rows to calibrate on: expected here
+        calibrate_run(run, data=str(test_csv), threshold="f1" if len(classes) == 2 else "none")
+
+    result = evaluate_run(run, report=True, report_dir=tmp_path / "report", base_sample=10)
+    out = tmp_path / "report"
+    page = (out / "report.html").read_text()
+    for section in ("Headline metrics", "Calibration", "Before and after fine-tuning", "Plots", "Error analysis",
+                    "most confident mistakes", "truncated"):
+        assert section in page
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == sorted(["confusion_matrix.png", "roc_pr.png", "reliability.png", "scores.png", "training.png", "length.png"])
+    assert all(_valid_png((out / p).read_bytes()) for p in pngs)
+    inline = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(inline) == len(pngs) and all(_valid_png(base64.b64decode(d)) for d in inline)
+    refs = re.findall(r'(?:href|src)="([^"]+)"', page)
+    local = [r for r in refs if not r.startswith(("data:", "http:", "https:", "#"))]
+    assert sorted(local) == pngs and all((out / r).is_file() for r in local)  # every link resolves
+
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+    assert summary["base"]["rows"] == 10 and summary["n"] == 30
+    lo, hi = summary["bootstrap_95ci"]["accuracy"]
+    assert lo <= summary["metrics"]["accuracy"] <= hi
+    assert sum(t["rows"] for t in summary["truncation"]) == 30 and all(t["rows"] > 0 for t in summary["truncation"])
+    assert summary["temperature"] != 1.0 and (summary["threshold"] is not None) == (len(classes) == 2)
+    if len(classes) > 2:
+        assert "weighted avg" in page and "macro avg" in page
+
+
+def test_cli_evaluate_writes_report(tiny_models, tmp_path):
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    make_rows(40, ["negative", "positive"], seed=1).to_csv(train_csv, index=False)
+    make_rows(16, ["negative", "positive"], seed=2).to_csv(test_csv, index=False)
+    train(tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.epochs": 1}), tmp_path / "run", progress=False)
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--report-dir", str(tmp_path / "rep"), "--base-sample", "0"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "report written to" in r.output and "ece" in r.output
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "not calibrated" in page and "Before and after" not in page  # --base-sample 0: no base model
+
+
+def test_bootstrap_intervals():
+    y = np.array([0, 1] * 200)
+    assert bootstrap_ci(y, y, n_classes=2) == {"accuracy": (1.0, 1.0), "f1": (1.0, 1.0)}
+    rng = np.random.default_rng(0)
+    pred = np.where(rng.random(400) < 0.8, y, 1 - y)
+    ci = bootstrap_ci(pred, y, n_classes=2, seed=3)
+    assert ci == bootstrap_ci(pred, y, n_classes=2, seed=3)  # seeded
+    lo, hi = ci["accuracy"]
+    assert lo < (pred == y).mean() < hi and 0.04 < hi - lo < 0.12  # about ±1.96·sqrt(.8·.2/400) = ±0.04
+    y3 = np.arange(300) % 3
+    lo, hi = bootstrap_ci(y3, np.where(rng.random(300) < 0.7, y3, (y3 + 1) % 3), n_classes=3)["f1"]
+    assert 0.55 < lo < hi < 0.85
+
+
+def test_error_analysis_helpers():
+    y = np.array([0, 1, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.45, 0.55], [0.3, 0.7]])
+    pred = probs.argmax(axis=1)
+    assert confident_mistakes(y, probs, pred).tolist() == [1, 3]  # wrong at .8, then at .55
+    groups = truncation_errors(y, pred, np.array([True, True, False, False, False]))
+    assert groups[0] == {"group": "untruncated", "rows": 3, "errors": 1, "error_rate": 1 / 3, "share_of_errors": 0.5}
+    assert groups[1]["errors"] == 1 and groups[1]["share_of_errors"] == 0.5
+    bucket, names = length_buckets(np.array([10, 64, 65, 256, 257, 5000]), 256)
+    assert bucket.tolist() == [0, 0, 1, 2, 3, 5] and names[2] == "129–256" and names[-1] == ">1024"
+    assert excerpt("a<br /><br />b") == "a b"
+    long = excerpt("start " + "x " * 500 + "the end")
+    assert long.startswith("start") and long.endswith("the end") and " … " in long and len(long) < 400
