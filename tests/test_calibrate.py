@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_config
 from typer.testing import CliRunner
 
 from sentilora import Classifier
@@ -24,7 +23,6 @@ from sentilora.cli import app
 from sentilora.errors import BundleError, ConfigError
 from sentilora.evaluate import compute_metrics, evaluate_run, expected_calibration_error
 from sentilora.model import Manifest, merge_bundle
-from sentilora.train import train
 
 TEXTS = ["The movie was great and wonderful.", "Awful, boring, the worst plot.", "It was okay, fine.", "film",
          "Dull and bad but the actor was good.", "Loved it, superb story.", "The plot was very plain.", "worst film"]
@@ -100,17 +98,14 @@ def test_bundles_without_calibration_still_load(tmp_path):
     assert man.temperature == 1.0 and man.threshold is None
 
 
-@pytest.fixture(scope="module")
-def binary_run(tiny_models, tmp_path_factory):
+@pytest.fixture
+def binary_run(trained_run, tmp_path):
+    """(a copy of the shared tiny binary run, a labelled file to calibrate on)."""
     from conftest import make_rows
 
-    root = tmp_path_factory.mktemp("calib")
-    train_csv, test_csv = root / "train.csv", root / "test.csv"
-    make_rows(48, ["negative", "positive"], seed=1).to_csv(train_csv, index=False)
+    test_csv = tmp_path / "test.csv"
     make_rows(24, ["negative", "positive"], seed=2).to_csv(test_csv, index=False)
-    run = root / "run"
-    train(tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.epochs": 1}), run, progress=False)
-    return run, test_csv
+    return trained_run("bert"), test_csv
 
 
 def test_calibrate_cli_stores_temperature_and_threshold(binary_run, tmp_path):

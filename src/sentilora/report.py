@@ -177,14 +177,15 @@ def fig_reliability(y: np.ndarray, raw: np.ndarray, cal: np.ndarray | None, k: i
     return fig
 
 
-def fig_scores(y: np.ndarray, probs: np.ndarray, names: list[str], threshold: float) -> Figure:
+def fig_scores(y: np.ndarray, probs: np.ndarray, names: list[str], threshold: float | None) -> Figure:
     bins = np.linspace(0, 1, 41)
     if len(names) == 2:
         fig = _figure(5.2, 3.7)
         ax = fig.subplots()
         for c, color in ((0, C_BASE), (1, C_CAL)):
             ax.hist(probs[y == c, 1], bins=bins, alpha=0.55, color=color, label=f"true {names[c]} ({(y == c).sum():,})")
-        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"decision threshold {threshold:.3f}")
+        rule = "argmax (0.5)" if threshold is None else f"decision threshold {threshold:.3f}"
+        ax.axvline(0.5 if threshold is None else threshold, color="black", ls="--", lw=1, label=rule)
         ax.set(xlabel=f"P({names[1]})", ylabel="rows", title="Scores by true class")
         ax.legend(loc="upper center")
         return fig
@@ -299,7 +300,7 @@ def write_report(
         figs["reliability"] = ("Mean confidence against accuracy per bin; on the diagonal is perfectly calibrated. "
                                "Bottom: rows per bin.", fig_reliability(y, raw, probs if man.temperature != 1.0 else None, k))
         figs["scores"] = ("How the model scores each true class.",
-                          fig_scores(y, probs, names, man.threshold if man.threshold is not None else 0.5))
+                          fig_scores(y, probs, names, man.threshold))
         figs["training"] = ("From the run's own history.json (per epoch) and train_log.jsonl (per step).",
                             fig_training(history, steps))
         figs["length"] = (f"{truncated.mean():.1%} of texts are longer than max_length {man.max_length} and truncated "
