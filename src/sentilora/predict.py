@@ -115,11 +115,6 @@ def predict_logits(
         model.train(was_training)
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def chunk_windows(ids: Sequence[int], prefix: list[int], suffix: list[int], max_length: int) -> list[list[int]]:
     """Split one over-long text into overlapping windows (a quarter overlap), each with special tokens."""
     body = list(ids)

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 
 from sentilora import model as M
 from sentilora.config import Config
 from sentilora.data import load_data
 from sentilora.errors import SentiloraError
 from sentilora.model import autocast, pick_device, pick_dtype
-from sentilora.predict import predict_logits, softmax
+from sentilora.predict import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def _validate(model, ids, labels, pad_id, device, dtype, cfg: Config) -> dict[st
     from sentilora.evaluate import compute_metrics
 
     logits = predict_logits(model, ids, pad_id=pad_id, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
-    m = compute_metrics(np.asarray(labels), softmax(logits), n_classes=logits.shape[1])
+    m = compute_metrics(np.asarray(labels), softmax(logits, axis=1), n_classes=logits.shape[1])
     keep = ("accuracy", "f1", "loss")
     return {k: float(m[k]) for k in keep if k in m}
 
