@@ -29,6 +29,8 @@ SPLITS = ("train", "validation", "test")
 FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 _FILE_LIKE = (*FORMATS, ".xlsx", ".xls", ".gz", ".zip", ".arrow", ".feather", ".ndjson", ".pkl")
 _MISSING_WORDS = {"na", "n/a", "nan", "null", "none"}  # label cells that mean "no label"
+# Only truly empty cells are missing: a text "NA" or "null" stays text. Shared with scoring's chunked reader.
+CSV_OPTIONS: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
 
 
 @dataclass
@@ -132,10 +134,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if ext in (".csv", ".tsv"):
         import io
 
-        try:  # only truly empty cells are missing: a text "NA" or "null" stays text
-            return pd.read_csv(
-                io.StringIO(text), sep="\t" if ext == ".tsv" else ",", keep_default_na=False, na_values=[""]
-            )
+        try:
+            return pd.read_csv(io.StringIO(text), sep="\t" if ext == ".tsv" else ",", **CSV_OPTIONS)
         except (pd.errors.ParserError, ValueError) as e:
             raise DataError(
                 f"{path}: could not parse as {ext[1:].upper()} ({_first_line(e)}). "

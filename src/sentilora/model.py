@@ -406,18 +406,22 @@ def merge_bundle(folder: str | Path, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out}: folder exists and is not empty. Choose a new output folder or remove it.")
-    merged = model.merge_and_unload()
-    merged.config.id2label = dict(enumerate(man.label_names))
-    merged.config.label2id = {n: i for i, n in enumerate(man.label_names)}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    merged.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.model_max_length = man.max_length
-    tokenizer.save_pretrained(str(tmp))
-    Manifest(**{**man.__dict__, "kind": "merged"}).save(tmp)
+    save_merged(model.merge_and_unload(), tokenizer, man, tmp)
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
     return out
+
+
+def save_merged(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path) -> None:
+    """A plain Transformers folder with the real label names, plus the manifest (kind 'merged')."""
+    model.config.id2label = dict(enumerate(manifest.label_names))
+    model.config.label2id = {n: i for i, n in enumerate(manifest.label_names)}
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.model_max_length = manifest.max_length
+    tokenizer.save_pretrained(str(folder))
+    Manifest(**{**manifest.__dict__, "kind": "merged"}).save(folder)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

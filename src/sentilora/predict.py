@@ -198,10 +198,8 @@ class Classifier:
         path.mkdir(parents=True, exist_ok=True)
         if hasattr(self.model, "peft_config"):
             M.save_bundle(self.model, self.tokenizer, self.manifest, path)
-        else:  # merged (on disk or in memory): a plain Transformers folder plus the manifest
-            self.model.save_pretrained(str(path), safe_serialization=True)
-            self.tokenizer.save_pretrained(str(path))
-            M.Manifest(**{**self.manifest.__dict__, "kind": "merged"}).save(path)
+        else:  # merged (on disk or in memory)
+            M.save_merged(self.model, self.tokenizer, self.manifest, path)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return M.encode(self.tokenizer, texts, max_length=self.manifest.max_length, truncation=self.manifest.truncation)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sentilora.data import read_table
+from sentilora.data import CSV_OPTIONS, read_table
 from sentilora.errors import DataError
 from sentilora.predict import Classifier, LongTexts, text_problem
 
@@ -79,8 +79,7 @@ def iter_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
         return
     if ext in (".csv", ".tsv"):
         try:
-            reader = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", keep_default_na=False, na_values=[""],
-                                 chunksize=rows, encoding="utf-8")
+            reader = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", chunksize=rows, encoding="utf-8", **CSV_OPTIONS)
             yield from reader
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not valid UTF-8 (byte offset {e.start} of a chunk). Re-save the file as UTF-8.") from None
