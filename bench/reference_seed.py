@@ -70,12 +70,16 @@ def run_reference(
     threads: int | None = None,
     evaluate: bool = True,
     progress_every: int = 25,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the seed recipe on train_df, evaluate every epoch on eval_df, return the figures.
 
     `max_steps` stops after that many optimizer steps (smoke / side-by-side timing).
     `evaluate=False` turns off per-epoch evaluation and checkpointing (pure training timing);
-    the returned dict then has no accuracy figures. `out_dir` is wiped and reused.
+    the returned dict then has no accuracy figures. `out_dir` is wiped and reused, unless `resume`
+    is set and it holds a checkpoint: then training continues from the latest epoch checkpoint
+    (the Trainer's own resume), and the per-epoch times of earlier sessions come from
+    `out_dir/epoch_times.json`.
     """
     import torch
     from datasets import Dataset
@@ -96,8 +100,12 @@ def run_reference(
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
+    times_file = out_dir / "epoch_times.json"
+    resume_from = resume and evaluate and any(out_dir.glob("checkpoint-*"))
+    if not resume_from:
+        shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier_epoch_s: list[float] = json.loads(times_file.read_text()) if resume_from and times_file.exists() else []
 
     label_names = list(label_names or train_df.attrs.get("label_names") or ["Negative", "Positive"])
     num_labels = len(label_names)
@@ -161,7 +169,7 @@ def run_reference(
         """Training-only time: on_epoch_begin..on_epoch_end; the epoch's evaluation runs after it."""
 
         def __init__(self) -> None:
-            self.epoch_s: list[float] = []
+            self.epoch_s: list[float] = list(earlier_epoch_s)
             self._t0 = 0.0
             self._run_t0 = time.perf_counter()
             self.steps_timed = 0
@@ -171,6 +179,10 @@ def run_reference(
 
         def on_epoch_end(self, args, state, control, **kw):
             self.epoch_s.append(time.perf_counter() - self._t0)
+
+        def on_save(self, args, state, control, **kw):
+            # Written once the epoch's checkpoint exists, so a resumed run never counts an epoch twice.
+            times_file.write_text(json.dumps(self.epoch_s))
 
         def on_step_end(self, args, state, control, **kw):
             n = state.global_step
@@ -198,7 +210,7 @@ def run_reference(
         compute_metrics=compute_metrics,
         callbacks=[timer],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if resume_from else None)
 
     adapter_dir = out_dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
@@ -279,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="evaluate on the first N eval reviews only (smoke runs; also writes to bench/work/)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--force", action="store_true", help="re-run even if a matching result is cached")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from its latest epoch checkpoint in bench/work/ "
+                         "(a 2-hour run can span sessions)")
     a = ap.parse_args(argv)
 
     smoke = a.max_steps is not None or a.eval_limit is not None
@@ -296,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_df = eval_df.head(a.eval_limit)
     tag = f"{a.protocol}-smoke" if smoke else a.protocol
     res = run_reference(train_df, eval_df, model=a.model, epochs=a.epochs, max_steps=a.max_steps,
-                        out_dir=WORK_DIR / f"{BENCH}-{tag}", label_names=names, threads=a.threads)
+                        out_dir=WORK_DIR / f"{BENCH}-{tag}", label_names=names, threads=a.threads,
+                        resume=a.resume)
 
     niceness = os.nice(0)
     note = (f"ran at nice {niceness} in the background while other work shared the {os.cpu_count()} cores, "

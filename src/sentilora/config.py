@@ -48,8 +48,13 @@ class LoraConfig:
     dropout: float = _f(0.1, "Dropout on the LoRA input.")
     target_modules: list[str] | None = _f(
         None,
-        "Linear layers that get LoRA, e.g. 'q_lin,v_lin'. Default: chosen per architecture "
-        "(DistilBERT q_lin,v_lin; BERT/RoBERTa query,value).",
+        "Linear layers that get LoRA: a preset, 'qv' (query+value), 'attention' (q,k,v,out) or 'all' "
+        "(attention + feed-forward), or layer names, e.g. 'q_lin,v_lin'. Default: qv.",
+    )
+    layers: int | None = _f(
+        None,
+        "Put LoRA only in the top N encoder layers; the lower ones stay frozen (and, with "
+        "--train.cache_prefix, run once instead of every epoch). Default: all layers.",
     )
 
 
@@ -96,6 +101,11 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "Where to train: auto picks CUDA, then MPS, then CPU.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "Compute precision: auto = bf16 where the hardware supports it, else fp32. fp16 needs CUDA."
+    )
+    cache_prefix: bool = _f(
+        True,
+        "With --lora.layers N: compute the frozen lower layers once, keep their outputs in RAM (bf16), "
+        "and train every epoch through the top N layers only. Much faster; no dropout below the top N.",
     )
     checkpoint_every: int = _f(0, "Also save a resumable checkpoint every N optimiser steps (0 = each epoch only).")
     num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice).")
@@ -314,6 +324,7 @@ def _range_problems(cfg: Config) -> list[str]:
         (cfg.model.max_length >= 8, "--model.max_length must be at least 8."),
         (cfg.lora.r >= 1, "--lora.r must be at least 1."),
         (cfg.lora.alpha >= 1, "--lora.alpha must be at least 1."),
+        (cfg.lora.layers is None or cfg.lora.layers >= 1, "--lora.layers must be at least 1 (or unset for all layers)."),
         (0.0 <= cfg.lora.dropout < 1.0, "--lora.dropout must be in [0, 1)."),
         (0.0 < cfg.data.val_fraction < 1.0, "--data.val_fraction must be between 0 and 1 (e.g. 0.1)."),
         (cfg.data.n_train is None or cfg.data.n_train >= 2, "--data.n_train must be at least 2 (one per class)."),

@@ -56,6 +56,22 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "modernbert": ["Wqkv"],
 }
 
+# Named target sets for --lora.target_modules (qv | attention | all), per architecture family.
+# Dotted names match by suffix, so "attention.output.dense" is the attention output projection.
+_BERT_PRESETS = {
+    "qv": ["query", "value"],
+    "attention": ["query", "key", "value", "attention.output.dense"],
+    "all": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+}
+TARGET_PRESETS: dict[str, dict[str, list[str]]] = {
+    "distilbert": {
+        "qv": ["q_lin", "v_lin"],
+        "attention": ["q_lin", "k_lin", "v_lin", "out_lin"],
+        "all": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    },
+    **{t: _BERT_PRESETS for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie")},
+}
+
 
 # ---- base model ------------------------------------------------------------------------------
 
@@ -143,6 +159,15 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 def target_modules(model: nn.Module, override: list[str] | None) -> list[str]:
     """LoRA target layer names for this architecture (or the override, checked to exist)."""
     available = linear_layer_names(model)
+    model_type = getattr(model.config, "model_type", "?")
+    if override and len(override) == 1 and override[0] in ("qv", "attention", "all"):
+        presets = TARGET_PRESETS.get(model_type)
+        if presets is None:
+            raise ModelLoadError(
+                f"--lora.target_modules {override[0]} is not defined for '{model_type}' models; name the layers "
+                f"instead. Its linear layers are: {', '.join(available)}."
+            )
+        return list(presets[override[0]])
     if override:
         missing = [t for t in override if t not in available]
         if missing:
@@ -151,7 +176,6 @@ def target_modules(model: nn.Module, override: list[str] | None) -> list[str]:
                 f"Its linear layers are: {', '.join(available)}."
             )
         return list(override)
-    model_type = getattr(model.config, "model_type", "?")
     if model_type not in DEFAULT_TARGETS:
         raise ModelLoadError(
             f"no default LoRA targets for architecture '{model_type}'. Choose some with --lora.target_modules; "
@@ -160,9 +184,23 @@ def target_modules(model: nn.Module, override: list[str] | None) -> list[str]:
     return DEFAULT_TARGETS[model_type]
 
 
-def add_lora(model: nn.Module, *, r: int, alpha: int, dropout: float, targets: list[str], heads: list[str]) -> nn.Module:
-    """Wrap the model with LoRA; `heads` are trained in full and saved with the adapter."""
+def add_lora(
+    model: nn.Module, *, r: int, alpha: int, dropout: float, targets: list[str], heads: list[str], top_layers: int | None = None
+) -> nn.Module:
+    """Wrap the model with LoRA; `heads` are trained in full and saved with the adapter.
+
+    `top_layers` puts LoRA only in that many top encoder layers (the others stay frozen).
+    """
     from peft import LoraConfig, TaskType, get_peft_model
+
+    layers = None
+    if top_layers is not None:
+        from sentilora.prefix import num_layers
+
+        n = num_layers(model)
+        if not 1 <= top_layers <= n:
+            raise ConfigError(f"--lora.layers must be between 1 and {n} (this model has {n} layers); got {top_layers}.")
+        layers = list(range(n - top_layers, n)) if top_layers < n else None
 
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -170,6 +208,7 @@ def add_lora(model: nn.Module, *, r: int, alpha: int, dropout: float, targets: l
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets,
+        layers_to_transform=layers,
         modules_to_save=list(heads),  # peft appends its own defaults to this list in place
     )
     peft_model = get_peft_model(model, cfg)

@@ -27,7 +27,8 @@ from sentilora.config import Config
 from sentilora.data import load_data
 from sentilora.errors import SentiloraError
 from sentilora.model import autocast, pick_device, pick_dtype
-from sentilora.predict import predict_logits
+from sentilora.predict import length_sorted_batches, predict_logits
+from sentilora.prefix import FrozenPrefix, num_layers
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,16 @@ def train(
     targets = M.target_modules(base, cfg.lora.target_modules)
     fp = M.fingerprint(base)
     torch.manual_seed(t.seed)  # the head's init above consumed RNG in a model-dependent way
-    model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets, heads=heads)
+    model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
+                       heads=heads, top_layers=cfg.lora.layers)
     model.to(device)
     enc = {s: M.encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
     train_ids, train_y = enc["train"], data.splits["train"].labels
     lengths = [len(s) for s in train_ids]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prefix = None
+    if cfg.lora.layers is not None and t.cache_prefix and cfg.lora.layers < num_layers(model):
+        prefix = FrozenPrefix(model, cfg.lora.layers)
 
     steps_per_epoch = math.ceil(math.ceil(len(train_ids) / t.batch_size) / t.grad_accum)
     total_steps = steps_per_epoch * t.epochs
@@ -143,6 +148,17 @@ def train(
     n_trainable = sum(p.numel() for p in params)
     log.info("training %s params (%d trainable) on %s, %s", cfg.model.name, n_trainable, device, dtype or "fp32")
 
+    cache: dict[str, list[torch.Tensor]] = {}
+    if prefix is not None:
+        t_cache = time.perf_counter()
+        for split in ("train", "validation"):
+            cbar = _Progress(len(enc[split]), enabled=progress, label=f"cache {split}")
+            cache[split] = prefix.compute(enc[split], pad_id=pad_id, device=device, dtype=dtype, progress=cbar.advance)
+            cbar.close()
+        mb = sum(h.numel() * h.element_size() for v in cache.values() for h in v) / 2**20
+        log.info("cached the %d frozen layers' outputs for %d texts: %.0f MB in RAM, %.1f s",
+                 len(prefix.lower), sum(map(len, cache.values())), mb, time.perf_counter() - t_cache)
+
     bar = _Progress(len(train_ids) * t.epochs, enabled=progress)
     bar.advance(min(len(train_ids) * t.epochs, state.step * t.batch_size * t.grad_accum), timed=False)
     t0, seconds_before = time.perf_counter(), state.train_seconds
@@ -155,7 +171,8 @@ def train(
             done_in_epoch = state.step - epoch * steps_per_epoch
             model.train()
             for group in groups[done_in_epoch:]:
-                loss = _optim_step(model, group, train_ids, train_y, pad_id, device, dtype, optim, sched, scaler, params, t.max_grad_norm)
+                loss = _optim_step(model, group, train_ids, train_y, pad_id, device, dtype, optim, sched, scaler, params,
+                                   t.max_grad_norm, prefix=prefix, hidden=cache.get("train"))
                 state.step += 1
                 with open(out_dir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps({"step": state.step, "epoch": epoch + 1, "loss": loss, "lr": sched.get_last_lr()[0]}) + "\n")
@@ -166,7 +183,8 @@ def train(
                     state.train_seconds = seconds_before + time.perf_counter() - t0
                     _save_checkpoint(ckpt_dir, model, optim, sched, scaler, state)
 
-            metrics = _validate(model, enc["validation"], data.splits["validation"].labels, pad_id, device, dtype, cfg)
+            metrics = _validate(model, enc["validation"], data.splits["validation"].labels, pad_id, device, dtype, cfg,
+                                prefix=prefix, hidden=cache.get("validation"))
             metrics["epoch"] = epoch + 1
             metrics["step"] = state.step
             state.history.append(metrics)
@@ -205,14 +223,18 @@ def train(
     return TrainResult(out_dir, state.best["epoch"], state.best, state.history, state.step, state.train_seconds)
 
 
-def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, scaler, params, max_norm) -> float:
+def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, scaler, params, max_norm,
+                prefix: FrozenPrefix | None = None, hidden: list[torch.Tensor] | None = None) -> float:
     n = sum(len(b) for b in group)
     total = 0.0
     for idx in group:
         batch = {k: v.to(device) for k, v in M.collate([ids[i] for i in idx], pad_id).items()}
         y = torch.tensor([labels[i] for i in idx], device=device)
         with autocast(device, dtype):
-            logits = model(**batch).logits
+            if prefix is not None and hidden is not None:
+                logits = prefix.forward([hidden[i] for i in idx], batch)
+            else:
+                logits = model(**batch).logits
         # Loss in fp32, weighted by batch share so accumulation equals one big batch.
         loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / n
         scaler.scale(loss).backward()
@@ -227,13 +249,33 @@ def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, 
     return total
 
 
-def _validate(model, ids, labels, pad_id, device, dtype, cfg: Config) -> dict[str, float]:
+def _validate(model, ids, labels, pad_id, device, dtype, cfg: Config,
+              prefix: FrozenPrefix | None = None, hidden: list[torch.Tensor] | None = None) -> dict[str, float]:
     from sentilora.evaluate import compute_metrics
 
-    logits = predict_logits(model, ids, pad_id=pad_id, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    if prefix is not None and hidden is not None:
+        logits = _prefix_logits(model, prefix, hidden, ids, pad_id, device, dtype, cfg.eval.batch_size)
+    else:
+        logits = predict_logits(model, ids, pad_id=pad_id, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
     m = compute_metrics(np.asarray(labels), softmax(logits, axis=1), n_classes=logits.shape[1])
     keep = ("accuracy", "f1", "loss")
     return {k: float(m[k]) for k in keep if k in m}
+
+
+def _prefix_logits(model, prefix: FrozenPrefix, hidden, ids, pad_id, device, dtype, batch_size: int) -> np.ndarray:
+    """Validation logits through the top layers only, from the cached frozen-layer outputs."""
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    try:
+        with torch.inference_mode():
+            for idx in length_sorted_batches([len(s) for s in ids], batch_size, 8192):
+                batch = {k: v.to(device) for k, v in M.collate([ids[i] for i in idx], pad_id).items()}
+                with autocast(device, dtype):
+                    out[idx] = prefix.forward([hidden[i] for i in idx], batch).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
 
 
 def _better(new: dict[str, float], old: dict[str, float], metric: str) -> bool:
@@ -306,10 +348,10 @@ class _Progress:
     """Progress over training samples with samples/s, loss and ETA: a rich bar on a terminal,
     a log line every 30 s otherwise (CI logs, nohup)."""
 
-    def __init__(self, total: int, *, enabled: bool) -> None:
+    def __init__(self, total: int, *, enabled: bool, label: str = "train") -> None:
         from rich.console import Console
 
-        self.enabled, self.total, self.done, self.seen = enabled, total, 0, 0
+        self.enabled, self.total, self.done, self.seen, self.label = enabled, total, 0, 0, label
         self.t0 = self.last_log = time.perf_counter()
         self.fields: dict[str, Any] = {"epoch": 1, "loss": "-", "rate": "-"}
         self.bar = None
@@ -318,7 +360,7 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+            TextColumn(f"[bold]{label}[/]" + (" epoch {task.fields[epoch]}" if label == "train" else "")),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} samples/s"),
@@ -349,7 +391,7 @@ class _Progress:
         elif now - self.last_log >= 30 and rate > 0:
             self.last_log = now
             eta = (self.total - self.seen) / rate
-            log.info("epoch %s: %d/%d samples, %.1f samples/s, loss %s, ETA %dm%02ds",
+            log.info("%s epoch %s: %d/%d samples, %.1f samples/s, loss %s, ETA %dm%02ds", self.label,
                      self.fields["epoch"], self.seen, self.total, rate, self.fields["loss"], eta // 60, eta % 60)
 
     def close(self) -> None:
