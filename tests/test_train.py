@@ -163,3 +163,20 @@ def test_bundle_checks_its_base_model(tiny_models, dataset, tmp_path):
     (run / "adapter" / "adapter_model.safetensors").unlink()
     with pytest.raises(BundleError, match="adapter_model.safetensors is missing"):
         Classifier.load(run)
+
+
+def test_time_budget_and_snapshots(tiny_models, dataset, tmp_path):
+    from sentilora.evaluate import evaluate_run
+
+    train_csv, test_csv = dataset()
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.max_minutes": 1e-6, "train.epochs": 3})
+    result = train(cfg, run, progress=False, snapshot_minutes=(0,))
+    # the budget is spent after the first step: that step's model is validated and kept, nothing more runs
+    assert result.steps == 1 and len(result.history) == 1
+    snap = run / "snapshots" / "0min"
+    assert json.loads((snap / "history.json").read_text())["step"] == 1
+    # the snapshot is a loadable bundle holding the model after step 1, i.e. the kept one
+    a = evaluate_run(snap, data=str(train_csv), split="train", precision="fp32", output=tmp_path / "a.json")["metrics"]
+    b = evaluate_run(run, data=str(train_csv), split="train", precision="fp32", output=tmp_path / "b.json")["metrics"]
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)

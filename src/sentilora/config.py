@@ -107,6 +107,11 @@ class TrainConfig:
         "With --lora.layers N: compute the frozen lower layers once, keep their outputs in RAM (bf16), "
         "and train every epoch through the top N layers only. Much faster; no dropout below the top N.",
     )
+    max_minutes: float | None = _f(
+        None,
+        "Stop after this many minutes of training (wall time, validation included): the epoch in progress "
+        "is validated and the best epoch kept. The learning-rate schedule still spans --train.epochs.",
+    )
     checkpoint_every: int = _f(0, "Also save a resumable checkpoint every N optimiser steps (0 = each epoch only).")
     num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice).")
 
@@ -337,6 +342,7 @@ def _range_problems(cfg: Config) -> list[str]:
         (0.0 <= cfg.train.warmup_ratio < 1.0, "--train.warmup_ratio must be in [0, 1)."),
         (cfg.train.max_grad_norm >= 0, "--train.max_grad_norm must be 0 (off) or more."),
         (cfg.train.early_stopping_patience >= 0, "--train.early_stopping_patience must be 0 (off) or more."),
+        (cfg.train.max_minutes is None or cfg.train.max_minutes > 0, "--train.max_minutes must be positive (or unset)."),
         (cfg.train.checkpoint_every >= 0, "--train.checkpoint_every must be 0 (each epoch) or more."),
         (cfg.train.num_threads is None or cfg.train.num_threads >= 1, "--train.num_threads must be at least 1."),
         (cfg.eval.batch_size >= 1, "--eval.batch_size must be at least 1."),

@@ -74,8 +74,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: StepHook | None = None,
+    snapshot_minutes: Sequence[float] = (),
 ) -> TrainResult:
-    """Fine-tune `cfg.model.name` with LoRA on `cfg.data` and write a run bundle to `out_dir`."""
+    """Fine-tune `cfg.model.name` with LoRA on `cfg.data` and write a run bundle to `out_dir`.
+
+    `snapshot_minutes` (e.g. ``(15, 30)``) also saves the model as it is at those minutes of
+    training to ``out_dir/snapshots/<N>min/``, a loadable bundle (learning curves against time).
+    """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT
     if resume:
@@ -148,6 +153,7 @@ def train(
     n_trainable = sum(p.numel() for p in params)
     log.info("training %s params (%d trainable) on %s, %s", cfg.model.name, n_trainable, device, dtype or "fp32")
 
+    t0, seconds_before = time.perf_counter(), state.train_seconds  # the cache is part of training time
     cache: dict[str, list[torch.Tensor]] = {}
     if prefix is not None:
         t_cache = time.perf_counter()
@@ -161,7 +167,11 @@ def train(
 
     bar = _Progress(len(train_ids) * t.epochs, enabled=progress)
     bar.advance(min(len(train_ids) * t.epochs, state.step * t.batch_size * t.grad_accum), timed=False)
-    t0, seconds_before = time.perf_counter(), state.train_seconds
+    snapshots = sorted(m for m in snapshot_minutes if m * 60 >= seconds_before)
+
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - t0
+
     try:
         for epoch in range(state.epoch, t.epochs):
             if state.stopped:
@@ -179,6 +189,12 @@ def train(
                 bar.advance(sum(len(b) for b in group), loss=loss, epoch=epoch + 1)
                 if on_step is not None:
                     on_step(state.step, loss)
+                while snapshots and elapsed() >= snapshots[0] * 60:
+                    _snapshot(model, tokenizer, manifest, out_dir / "snapshots" / f"{snapshots.pop(0):g}min", cfg, state.step, elapsed())
+                if t.max_minutes and elapsed() >= t.max_minutes * 60:
+                    state.stopped = True
+                    log.info("time budget of %g minutes reached at step %d; validating and stopping", t.max_minutes, state.step)
+                    break
                 if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step % steps_per_epoch:
                     state.train_seconds = seconds_before + time.perf_counter() - t0
                     _save_checkpoint(ckpt_dir, model, optim, sched, scaler, state)
@@ -196,11 +212,12 @@ def train(
                 _save_tensors(ckpt_dir / "best.safetensors", M.trainable_state(model))
             else:
                 state.bad_epochs += 1
-                state.stopped = bool(t.early_stopping_patience) and state.bad_epochs >= t.early_stopping_patience
+                if t.early_stopping_patience and state.bad_epochs >= t.early_stopping_patience:
+                    state.stopped = True
             state.epoch = epoch + 1
-            state.train_seconds = seconds_before + time.perf_counter() - t0
+            state.train_seconds = elapsed()
             _save_checkpoint(ckpt_dir, model, optim, sched, scaler, state)
-            if state.stopped:
+            if state.stopped and state.bad_epochs:
                 log.info("early stopping after epoch %d (no gain for %d epochs)", epoch + 1, state.bad_epochs)
     except BaseException:
         if (ckpt_dir / "state.pt").is_file():
@@ -221,6 +238,14 @@ def train(
     M.save_bundle(model, tokenizer, manifest, out_dir)
     shutil.rmtree(ckpt_dir)
     return TrainResult(out_dir, state.best["epoch"], state.best, state.history, state.step, state.train_seconds)
+
+
+def _snapshot(model, tokenizer, manifest, folder: Path, cfg: Config, step: int, seconds: float) -> None:
+    """The model as it is now (not the best epoch) as a loadable bundle."""
+    M.save_bundle(model, tokenizer, manifest, folder)
+    M.atomic_write_text(folder / "config.yaml", cfg.to_yaml())
+    M.atomic_write_text(folder / "history.json", json.dumps({"step": step, "train_seconds": round(seconds, 2)}) + "\n")
+    log.info("snapshot after %.1f minutes (step %d) -> %s", seconds / 60, step, folder)
 
 
 def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, scaler, params, max_norm,

@@ -1,0 +1,316 @@
+"""Training on real IMDB with sentilora vs the seed recipe: P1 levers, P2 full data, P3 four classes.
+
+    python bench/train_imdb.py p1                 # lever table + targets vs the reference (~1 h on 2 cores)
+    python bench/train_imdb.py p1 --rows default,fp32   # only some rows (others come from the cache)
+    python bench/train_imdb.py p2 --minutes 60    # 25k reviews, 60-minute budget, 20k test (~75 min)
+    python bench/train_imdb.py p3 --minutes 60    # same, four star-rating classes
+
+Every row is one `sentilora.train` + `evaluate_run` on the protocol's data (bench/common.py), run in
+its own subprocess so its peak RSS is its own; the row's result is cached in
+bench/work/train_imdb/<protocol>-<row>/row.json and reused while its settings are unchanged
+(--force re-runs). Rows differ from the default recipe by the overrides shown in the table, so
+each lever is measured on/off against the same default.
+
+P1 also times the reference (bench/reference_seed.py: HF Trainer + PEFT seed recipe) for one epoch
+of steps in the same invocation, right after sentilora's default row, so the time ratio is side
+by side; its accuracy comes from the full reference run stored in bench/results/reference_seed-p1.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, WORK_DIR, load_protocol, utc_now, write_results  # noqa: E402
+
+BENCH = "train_imdb"
+ROWS_DIR = WORK_DIR / BENCH
+
+# The settings every row shares (protocol data is filled in per run).
+BASE = {"model.name": "minilm"}
+
+# The recipe the P1 lever rows start from, written out (sentilora's defaults before this benchmark),
+# so each lever is one change against the same fixed baseline even after the defaults move.
+BASELINE: dict[str, Any] = {
+    "model.max_length": 256, "model.truncation": "head_tail", "lora.r": 8, "lora.alpha": 16, "lora.dropout": 0.1,
+    "lora.target_modules": None, "lora.layers": None, "train.epochs": 3, "train.batch_size": 16, "train.lr": 2e-3,
+    "train.precision": "auto", "train.group_by_length": True, "train.cache_prefix": True,
+}
+
+# P1 rows: key -> (label, overrides on top of BASELINE). "default" is sentilora's current defaults
+# with no overrides at all: the row the targets are judged on.
+P1_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("sentilora default recipe", {}),
+    "baseline": ("baseline (r8 q/v, 256 head+tail, bf16, grouped, 3 ep, lr 2e-3)", {}),
+    "epochs5": ("5 epochs", {"train.epochs": 5}),
+    "no-grouping": ("no length grouping", {"train.group_by_length": False}),
+    "fp32": ("fp32 (no bf16 autocast)", {"train.precision": "fp32"}),
+    "trunc-right": ("truncation right (keep start)", {"model.truncation": "right"}),
+    "trunc-left": ("truncation left (keep end)", {"model.truncation": "left"}),
+    "len512": ("512 tokens", {"model.max_length": 512}),
+    "attn": ("LoRA on all attention", {"lora.target_modules": "attention"}),
+    "attn-ffn": ("LoRA on attention + FFN", {"lora.target_modules": "all"}),
+    "top2-cached": ("LoRA top 2 layers, prefix cached", {"lora.layers": 2}),
+    "top2-uncached": ("LoRA top 2 layers, not cached", {"lora.layers": 2, "train.cache_prefix": False}),
+    "lr1e-3": ("lr 1e-3", {"train.lr": 1e-3}),
+    "lr5e-3": ("lr 5e-3", {"train.lr": 5e-3}),
+}
+
+REF_SYSTEM = "reference (HF Trainer + PEFT seed recipe)"
+
+
+# ------------------------------------------------------------------------------ one row (child)
+
+
+def _data_files(protocol: str) -> tuple[Path, Path, list[str]]:
+    """Write the protocol's train/eval splits once to parquet (the files sentilora reads)."""
+    folder = ROWS_DIR / "data"
+    train_p, eval_p, names_p = (folder / f"{protocol}-{s}" for s in ("train.parquet", "eval.parquet", "names.json"))
+    if not (train_p.exists() and eval_p.exists() and names_p.exists()):
+        folder.mkdir(parents=True, exist_ok=True)
+        train_df, eval_df, names = load_protocol(protocol)
+        for df, p in ((train_df, train_p), (eval_df, eval_p)):
+            tmp = p.with_suffix(".tmp")
+            df[["text", "label"]].to_parquet(tmp, index=False)
+            tmp.replace(p)
+        names_p.write_text(json.dumps(names))
+    return train_p, eval_p, json.loads(names_p.read_text())
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def _overrides(spec: dict[str, Any]) -> dict[str, Any]:
+    train_p, eval_p, names = _data_files(spec["protocol"])
+    return {**BASE, "data.source": str(train_p), "data.test_file": str(eval_p),
+            "data.label_names": ",".join(names), **spec["data"], **spec["overrides"]}
+
+
+def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train + evaluate one configuration in this process; return its figures."""
+    import logging
+
+    from sentilora.config import Config
+    from sentilora.evaluate import evaluate_run
+    from sentilora.train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    overrides = _overrides(spec)
+    cfg = Config().override(overrides)
+    names = cfg.data.label_names
+    out = Path(spec["out"])
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    result = train(cfg, out, progress=False, snapshot_minutes=spec.get("snapshots", ()))
+    wall = time.perf_counter() - t0
+    history = json.loads((out / "history.json").read_text())
+    evaluated = {"final": evaluate_run(out, split="test")["metrics"]}
+    for snap in sorted((out / "snapshots").glob("*min")) if (out / "snapshots").is_dir() else []:
+        evaluated[snap.name] = evaluate_run(snap, split="test")["metrics"]
+        evaluated[snap.name]["train_seconds"] = json.loads((snap / "history.json").read_text())["train_seconds"]
+    m = evaluated["final"]
+    row = {
+        "accuracy": round(m["accuracy"], 4),
+        "f1": round(m["f1"], 4),
+        "eval_n": m["n"],
+        "train_s": history["train_seconds"],
+        "train_wall_s": round(wall, 1),
+        "samples_per_s": round(history["train_samples"] / history["train_seconds"], 2),
+        "epochs_run": len(history["epochs"]),
+        "best_epoch": result.best_epoch,
+        "val_accuracy": round(result.best_metrics["accuracy"], 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "trainable_params": history["trainable_params"],
+        "bundle_mb": round(_dir_mb(out) - _dir_mb(out / "snapshots") if (out / "snapshots").is_dir() else _dir_mb(out), 2),
+        "precision": history["precision"],
+        "command": "sentilora train " + " ".join(f"--{k} {v}" for k, v in overrides.items()) + f" --out {out}",
+    }
+    if len(names) > 2:  # multi-class: f1 is the macro average
+        row["macro_f1"] = row["f1"]
+        row["confusion_matrix"] = m["confusion_matrix"]
+    snaps = {k: v for k, v in evaluated.items() if k != "final"}
+    if snaps:
+        row["at_minutes"] = {k: {"accuracy": round(v["accuracy"], 4), "f1": round(v["f1"], 4),
+                                 "train_s": v["train_seconds"]} for k, v in snaps.items()}
+    return row
+
+
+def _child(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    row = run_row(spec)
+    path = Path(spec["out"]).parent / (Path(spec["out"]).name + ".row.json")
+    path.write_text(json.dumps({"spec": spec, "row": row}, indent=2))
+
+
+def _row(protocol: str, key: str, name: str, overrides: dict[str, Any], data: dict[str, Any], *, force: bool,
+         snapshots: tuple[float, ...] = (), cached_only: bool = False, shown: dict[str, Any] | None = None,
+         ) -> dict[str, Any] | None:
+    """One row: from the cache when its resolved settings match, else trained in a subprocess.
+
+    The cache is content-addressed by the fully resolved config (+ snapshots): a change of
+    sentilora's defaults re-runs the rows it affects, and two rows that resolve to the same
+    settings (e.g. "default" and "baseline" while they coincide) share one training run.
+    """
+    import hashlib
+
+    from sentilora.config import Config
+
+    spec: dict[str, Any] = {"protocol": protocol, "overrides": overrides, "data": data, "snapshots": list(snapshots)}
+    spec["resolved"] = Config().override(_overrides(spec)).to_dict()
+    digest = hashlib.sha256(json.dumps([spec["resolved"], spec["snapshots"]], sort_keys=True).encode()).hexdigest()[:10]
+    out = ROWS_DIR / f"{protocol}-{key}-{digest}"
+    spec["out"] = str(out)
+    shown = overrides if shown is None else shown
+    hits = sorted(ROWS_DIR.glob(f"{protocol}-*-{digest}.row.json"))
+    if not force and hits:
+        saved = json.loads(hits[0].read_text())
+        print(f"[{protocol}] {name}: cached ({hits[0].name})", flush=True)
+        return {"system": name, "overrides": shown, **saved["row"]}
+    if cached_only:
+        return None
+    print(f"[{protocol}] {name}: training {shown or '(defaults)'}", flush=True)
+    log = out.parent / (out.name + ".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, __file__, "_row", json.dumps(spec)], stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"row {name!r} failed; see {log}")
+    row = json.loads((out.parent / (out.name + ".row.json")).read_text())["row"]
+    print(f"[{protocol}] {name}: accuracy {row['accuracy']}, train {row['train_s']} s", flush=True)
+    return {"system": name, "overrides": shown, **row}
+
+
+# ------------------------------------------------------------------------------ reference timing
+
+
+def reference_epoch(protocol: str) -> dict[str, Any]:
+    """Time one epoch's worth of reference steps (no evaluation), in a subprocess."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'bench');"
+        "from reference_seed import run_reference; from common import load_protocol, WORK_DIR;"
+        f"tr, ev, names = load_protocol({protocol!r});"
+        "steps = -(-len(tr) // 4);"
+        "r = run_reference(tr, ev, epochs=1, max_steps=steps, evaluate=False, label_names=names,"
+        " out_dir=WORK_DIR / 'reference_seed-epoch-timing', progress_every=50);"
+        "print('RESULT ' + json.dumps(r))"
+    )
+    print(f"[{protocol}] reference: timing one epoch of seed-recipe steps", flush=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.exit(f"reference timing failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def _reference_full(protocol: str) -> dict[str, Any] | None:
+    path = RESULTS_DIR / f"reference_seed-{protocol}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())["rows"][0]
+
+
+# ------------------------------------------------------------------------------ protocols
+
+
+def bench_p1(args: argparse.Namespace) -> Path:
+    started = utc_now()
+    wanted = list(P1_ROWS) if not args.rows else [r.strip() for r in args.rows.split(",")]
+    unknown = [r for r in wanted if r not in P1_ROWS]
+    if unknown:
+        sys.exit(f"unknown row(s) {unknown}; rows: {', '.join(P1_ROWS)}")
+    rows: list[dict[str, Any]] = []
+    ref_epoch: dict[str, Any] | None = None
+    for key, (name, overrides) in P1_ROWS.items():
+        full = overrides if key == "default" else {**BASELINE, **overrides}
+        row = _row("p1", key, name, full, {}, force=args.force, cached_only=key not in wanted, shown=overrides)
+        if row is not None:
+            rows.append(row)
+        if key == "default" and key in wanted and not args.no_reference_timing:
+            ref_epoch = reference_epoch("p1")  # right after the default row: side by side
+    default = next((r for r in rows if r["system"] == P1_ROWS["default"][0]), None)
+    ref = _reference_full("p1")
+
+    ref_rows: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    if ref_epoch is None:
+        prev = RESULTS_DIR / f"{BENCH}-p1.json"
+        if prev.exists():
+            ref_rows = [r for r in json.loads(prev.read_text())["rows"] if r["system"].startswith("reference")]
+    else:
+        epochs = 10
+        ref_rows.append({
+            "system": "reference, 1 epoch of steps timed in this run",
+            "train_s": ref_epoch["train_s"], "samples_per_s": ref_epoch["samples_per_s"],
+            "train_s_10_epochs_est": round(ref_epoch["train_s"] * epochs, 1),
+            "peak_rss_mb": ref_epoch["peak_rss_mb"], "trainable_params": ref_epoch["trainable_params"],
+            "bundle_mb": ref_epoch["bundle_mb"],
+        })
+    if ref is not None:
+        ref_rows.append({
+            "system": "reference, full 10-epoch run (bench/results/reference_seed-p1.json)",
+            "accuracy": ref["accuracy"], "f1": ref["f1"], "best_epoch": ref["best_epoch_by_accuracy"],
+            "accuracy_trainer_kept": ref["accuracy_trainer_kept"], "train_s": ref["train_s"],
+            "samples_per_s": ref["samples_per_s"], "peak_rss_mb": ref["peak_rss_mb"],
+            "trainable_params": ref["trainable_params"], "bundle_mb": ref["bundle_mb"], "note": ref.get("note"),
+        })
+    if default is not None and ref is not None:
+        goal = ref["accuracy"] + 0.02
+        targets.append({"name": "P1 accuracy: sentilora default vs reference best epoch + 2.0 points",
+                        "value": default["accuracy"], "goal": f">= {goal:.4f} (reference {ref['accuracy']:.4f})",
+                        "pass": default["accuracy"] >= goal - 1e-9})
+    elif default is not None:
+        targets.append({"name": "P1 accuracy: sentilora default vs reference best epoch + 2.0 points",
+                        "value": default["accuracy"], "goal": "reference run not finished yet", "pass": None})
+    timed = next((r for r in ref_rows if "train_s_10_epochs_est" in r), None)
+    if default is not None and timed is not None:
+        ratio = default["train_s"] / timed["train_s_10_epochs_est"]
+        targets.append({"name": "P1 training time: sentilora default / reference (10 epochs, timed side by side)",
+                        "value": round(ratio, 4), "goal": "<= 0.25", "pass": ratio <= 0.25})
+    return write_results(BENCH, "p1", rows + ref_rows, targets, "python bench/train_imdb.py " + " ".join(sys.argv[1:]),
+                         started)
+
+
+def bench_full(args: argparse.Namespace, protocol: str) -> Path:
+    started = utc_now()
+    overrides = {"train.max_minutes": args.minutes, **json.loads(args.overrides or "{}")}
+    data = {"data.val_fraction": 0.04}
+    marks = tuple(m for m in (15, 30) if m < args.minutes)
+    row = _row(protocol, "main", f"sentilora {protocol}", overrides, data, force=args.force, snapshots=marks)
+    targets = []
+    if protocol == "p2":
+        targets.append({"name": f"P2 accuracy on the 20k test split within {args.minutes:g} min of training (MiniLM)",
+                        "value": row["accuracy"], "goal": ">= 0.90 within 60 min",
+                        "pass": row["accuracy"] >= 0.90 and row["train_s"] <= 60 * 60 + 120 and args.minutes <= 60})
+    return write_results(BENCH, protocol, [row], targets, "python bench/train_imdb.py " + " ".join(sys.argv[1:]), started)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_row":
+        _child(sys.argv[2])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("protocol", choices=["p1", "p2", "p3"])
+    ap.add_argument("--rows", help=f"P1: comma-separated row keys to (re)run, the rest come from the cache: {', '.join(P1_ROWS)}")
+    ap.add_argument("--force", action="store_true", help="re-run rows even when a cached result matches")
+    ap.add_argument("--no-reference-timing", action="store_true", help="P1: skip the side-by-side reference epoch")
+    ap.add_argument("--minutes", type=float, default=60.0, help="P2/P3: training time budget (train.max_minutes)")
+    ap.add_argument("--overrides", help='P2/P3: extra sentilora overrides as JSON, e.g. \'{"lora.layers": 2}\'')
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = bench_p1(args) if args.protocol == "p1" else bench_full(args, args.protocol)
+    print(json.dumps(json.loads(path.read_text())["targets"], indent=2))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
