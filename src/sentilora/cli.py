@@ -324,6 +324,46 @@ def merge(
     out.print(f"merged model written to {path}")
 
 
+@app.command()
+@friendly
+def serve(
+    models: Annotated[list[str], typer.Argument(
+        help="Models to serve: RUN_DIR or NAME=RUN_DIR (run bundles, merged models or ONNX exports). "
+        "The first is the default; adapter runs on the same base model share its weights.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind. Anything but loopback requires "
+                                       "an API key in $SENTILORA_API_KEY.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    max_texts: Annotated[int, typer.Option("--max-texts", help="Texts per request (more: 422).")] = 64,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text (more: 422).")] = 20_000,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Request body size (more: 413).")] = 2_000_000,
+    queue_texts: Annotated[int, typer.Option("--queue-texts", help="Texts allowed to wait for the model; "
+                                             "beyond it requests get 503 + Retry-After.")] = 1024,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a request may take, queueing included (then 504).")] = 30.0,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a request waits for others "
+                                               "to share its model call.")] = 2.0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Padded tokens per forward pass.")] = 8192,
+    no_batching: Annotated[bool, typer.Option("--no-batching", help="One request per model call (for comparison).")] = False,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where supported), fp32 or bf16.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the model.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve models over HTTP: POST /v1/classify, GET /v1/models, /healthz, /readyz, /metrics, a web page at /.
+
+    Concurrent requests are micro-batched through the prediction engine. Set $SENTILORA_API_KEY to
+    require `Authorization: Bearer KEY` on /v1/* and /metrics. OpenAPI docs at /docs.
+    """
+    from sentilora.serve import ServeSettings, parse_model_args
+    from sentilora.serve import serve as run_server
+
+    settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
+                             queue_texts=queue_texts, timeout_s=timeout, batching=not no_batching,
+                             max_wait_ms=max_wait_ms, max_tokens=max_tokens, precision=precision, threads=threads)
+    specs = parse_model_args(models)
+    err.print(f"serving {', '.join(f'{k}={v}' for k, v in specs.items())} on http://{host}:{port} "
+              f"(web page at /, docs at /docs)")
+    raise typer.Exit(run_server(specs, host=host, port=port, settings=settings, log_level=log_level))
+
+
 def main() -> None:
     app()
 

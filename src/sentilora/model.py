@@ -437,6 +437,31 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
     return model.eval(), tokenizer, man
 
 
+def add_adapter(model: nn.Module, folder: str | Path, name: str) -> Manifest:
+    """Load another run's adapter (and head) onto an already loaded PEFT model, sharing its base weights.
+
+    The run must have been trained on the same base model (same fingerprint) with the same number of
+    classes. Switch between adapters with `model.set_adapter(name)`.
+    """
+    folder = Path(folder)
+    man = Manifest.read(folder)
+    if man.kind != "adapter":
+        raise BundleError(f"{folder}: only adapter bundles can share a base model; this one is '{man.kind}'.")
+    got = fingerprint(model)
+    if got != man.base_fingerprint:
+        raise BundleError(f"{folder}: trained on a different base model (fingerprint {man.base_fingerprint} != {got}).")
+    if len(man.label_names) != model.config.num_labels:
+        raise BundleError(f"{folder}: has {len(man.label_names)} classes, the shared model {model.config.num_labels}.")
+    adapter_cfg = json.loads((folder / "adapter" / "adapter_config.json").read_text(encoding="utf-8"))
+    if not set(man.head_modules) <= set(adapter_cfg.get("modules_to_save") or []):
+        raise BundleError(f"{folder}: the adapter does not hold the trained head {man.head_modules}; the bundle was altered.")
+    try:
+        model.load_adapter(str(folder / "adapter"), adapter_name=name, is_trainable=False)
+    except (RuntimeError, ValueError) as e:
+        raise BundleError(f"{folder}: adapter does not fit the base model ({str(e).splitlines()[0]}).") from None
+    return man
+
+
 def merge_bundle(folder: str | Path, out: str | Path) -> Path:
     """Fold LoRA into the base weights; save a plain Transformers model + tokenizer + manifest."""
     model, tokenizer, man = load_bundle(folder)

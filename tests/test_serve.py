@@ -1,0 +1,214 @@
+"""The HTTP service through FastAPI's TestClient (lifespan included): two adapters on one base model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from conftest import make_rows, tiny_config
+
+from sentilora import Classifier
+from sentilora.errors import ConfigError
+from sentilora.serve import Batcher, Metrics, QueueFull, ServeSettings, create_app, load_models, parse_model_args, serve
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+TEXTS = ["The movie was great and wonderful.", "Awful, boring, the worst plot.", "fine", "It was okay, not more."]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_models, tmp_path_factory):
+    """Two adapter runs on the same tiny BERT base (different seeds -> different adapters)."""
+    from sentilora.train import train
+
+    folder = tmp_path_factory.mktemp("serve-runs")
+    make_rows(48, ["negative", "positive"], seed=1).to_csv(folder / "train.csv", index=False)
+    make_rows(24, ["negative", "positive"], seed=2).to_csv(folder / "test.csv", index=False)
+    runs = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        cfg = tiny_config(tiny_models["bert"], folder / "train.csv", folder / "test.csv",
+                          **{"train.epochs": 1, "train.seed": seed, "train.lr": 5e-2})
+        train(cfg, folder / name, progress=False)
+        runs[name] = str(folder / name)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def loaded(two_runs):
+    return load_models(two_runs, ServeSettings(precision="fp32"))
+
+
+def _client(loaded, **settings) -> TestClient:
+    return TestClient(create_app(loaded, ServeSettings(precision="fp32", **settings)))
+
+
+def test_adapters_share_the_base_and_answer_like_standalone_models(two_runs, loaded):
+    a, b = loaded["a"].classifier, loaded["b"].classifier
+    assert a.model is b.model, "two adapters on one base must share one model object"
+    assert loaded["a"].kind == loaded["b"].kind == "adapter (shared base)"
+    with _client(loaded) as client:
+        got = {}
+        for name in ("a", "b"):
+            r = client.post("/v1/classify", json={"texts": TEXTS, "model": name})
+            assert r.status_code == 200, r.text
+            preds = r.json()["predictions"]
+            assert [p["model"] for p in preds] == [name] * len(TEXTS)
+            got[name] = np.array([[p["probabilities"][k] for k in ("negative", "positive")] for p in preds])
+            alone = Classifier.load(two_runs[name], precision="fp32", merge=False)
+            np.testing.assert_allclose(got[name], alone.predict_proba(TEXTS), atol=1e-5)
+            assert [p["label"] for p in preds] == alone.predict(TEXTS)
+        assert np.abs(got["a"] - got["b"]).max() > 1e-3, "both names answered with the same adapter"
+        # the default model is the first one given
+        r = client.post("/v1/classify", json={"texts": TEXTS[:1]})
+        assert r.json()["predictions"][0]["model"] == "a"
+
+
+def test_models_health_ready_metrics(loaded):
+    with _client(loaded) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/readyz").json()["status"] == "ready"
+        models = client.get("/v1/models").json()
+        assert models["default"] == "a" and [m["name"] for m in models["models"]] == ["a", "b"]
+        assert models["models"][0]["labels"] == ["negative", "positive"]
+        client.post("/v1/classify", json={"texts": TEXTS})
+        client.post("/v1/classify", json={"texts": []})
+        text = client.get("/metrics").text
+        assert 'sentilora_requests_total{route="/v1/classify",status="200"} 1.0' in text
+        assert 'sentilora_requests_total{route="/v1/classify",status="422"} 1.0' in text
+        assert "sentilora_request_seconds_bucket" in text and "sentilora_batch_texts_count" in text
+        assert "sentilora_queue_texts 0.0" in text
+        assert 'sentilora_texts_total{model="a"} 4.0' in text
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (b'{"texts": ["good", ', 400, "not valid JSON"),
+        (b'{"texts": "just a string"}', 422, "texts"),
+        (b'{"texts": [1, 2]}', 422, "texts"),
+        (b'{"texts": []}', 422, "texts is empty"),
+        (b'{"texts": ["   "]}', 422, "texts[0] is empty"),
+        (b'{"texts": ["good"], "model": "nope"}', 404, "unknown model 'nope'; available: a, b"),
+        (json.dumps({"texts": ["x"] * 9}).encode(), 422, "too many texts: 9 > 8"),
+        (json.dumps({"texts": ["y" * 101]}).encode(), 422, "the limit is 100"),
+        (json.dumps({"texts": ["z" * 5000]}).encode(), 413, "larger than 4096 bytes"),
+        (b'[1, 2, 3]', 422, "invalid request"),
+    ],
+    ids=["bad-json", "wrong-type", "wrong-item-type", "empty-list", "blank-text", "unknown-model", "too-many",
+         "too-long", "oversize-body", "not-an-object"],
+)
+def test_bad_requests_get_the_right_status(loaded, body, status, needle):
+    with _client(loaded, max_texts=8, max_chars=100, max_body_bytes=4096) as client:
+        r = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+        assert needle in r.json()["error"]
+        assert "Traceback" not in r.text
+        if status in (413, 422) and "limit" in r.json():
+            assert isinstance(r.json()["value"], int)
+        # and the server keeps serving
+        assert client.post("/v1/classify", json={"texts": ["good"]}).status_code == 200
+
+
+def test_api_key(loaded):
+    with _client(loaded, api_key="s3cret") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        for path in ("/v1/models", "/metrics"):
+            r = client.get(path)
+            assert r.status_code == 401 and "API key" in r.json()["error"]
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert client.post("/v1/classify", json={"texts": ["x"]}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/v1/classify", json={"texts": ["x"]}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.post("/v1/classify", json={"texts": ["x"]}, headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_non_loopback_needs_a_key(two_runs, monkeypatch):
+    monkeypatch.delenv("SENTILORA_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="without an API key"):
+        serve({"a": two_runs["a"]}, host="0.0.0.0", port=0)
+
+
+def test_full_queue_is_503_with_retry_after(loaded):
+    with _client(loaded, queue_texts=2) as client:
+        r = client.post("/v1/classify", json={"texts": ["a", "b", "c"]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "queue full" in r.json()["error"]
+        assert client.post("/v1/classify", json={"texts": ["a", "b"]}).status_code == 200
+
+
+def test_page_is_served(loaded):
+    with _client(loaded) as client:
+        r = client.get("/")
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        assert "/v1/classify" in r.text and "<textarea" in r.text
+        assert client.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]
+
+
+def test_parse_model_args():
+    assert parse_model_args(["runs/x", "b=runs/y"]) == {"x": "runs/x", "b": "runs/y"}
+    with pytest.raises(ConfigError, match="twice"):
+        parse_model_args(["a=1", "a=2"])
+    with pytest.raises(ConfigError, match="at least one model"):
+        parse_model_args([])
+
+
+# ---- the micro-batcher itself ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_requests_share_model_calls_and_keep_their_own_results(loaded, batching):
+    settings = ServeSettings(batching=batching, max_wait_ms=20)
+    metrics = Metrics()
+    jobs = [("a", TEXTS[:2]), ("b", TEXTS[1:]), ("a", TEXTS[3:]), ("a", TEXTS), ("b", TEXTS[:1])]
+
+    async def main():
+        batcher = Batcher(loaded, settings, metrics)
+        batcher.start()
+        try:
+            futures = [batcher.submit(m, t) for m, t in jobs]
+            return await asyncio.gather(*futures)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    for (name, texts), probs in zip(jobs, results):
+        np.testing.assert_allclose(probs, loaded[name].classifier.predict_proba(texts), atol=1e-5)
+    calls = metrics.batch_texts.collect()[0].samples
+    count = next(s.value for s in calls if s.name.endswith("_count"))
+    # batched: one model call per model (a, b); unbatched: one call per request
+    assert count == (2 if batching else len(jobs))
+
+
+def test_batcher_bounds_its_queue(loaded):
+    async def main():
+        batcher = Batcher(loaded, ServeSettings(queue_texts=3), Metrics())  # not started: nothing drains
+        batcher.submit("a", ["x", "y"])
+        with pytest.raises(QueueFull):
+            batcher.submit("a", ["x", "y"])
+        batcher.submit("a", ["z"])
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_stop_signal_flips_readiness_at_once(loaded):
+    import signal
+
+    import uvicorn
+
+    from sentilora.serve import _server_class
+
+    app = create_app(loaded, ServeSettings(precision="fp32"))
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        server = _server_class()(uvicorn.Config(app), app)
+        server.handle_exit(signal.SIGTERM, None)
+        assert server.should_exit and not server._captured_signals  # drains, then exits 0 (no re-raised signal)
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["error"] == "shutting down"
+        r = client.post("/v1/classify", json={"texts": ["x"]})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert client.get("/healthz").status_code == 200
