@@ -47,7 +47,8 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     exe = str(Path(sys.executable).with_name("sentilora"))
 
-    train_s, rss_train, _ = run([exe, "train", "--model", "minilm", "--data", "imdb-sample", "--out", str(run_dir), "--quiet"])
+    train_s, rss_train, _ = run([exe, "train", "--model", "minilm", "--data", "imdb-sample", "--train.epochs", "3",
+                                 "--out", str(run_dir), "--quiet"])
     eval_s, rss_eval, _ = run([exe, "evaluate", str(run_dir), "--compare-base"])
     pred_s, rss_pred, pred_out = run([exe, "predict", str(run_dir), "It was good.", "Not a fan, don't recommend.", "--json"])
 

@@ -124,3 +124,20 @@ def trained_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
         return cache[arch, classes]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def two_runs(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two binary adapter runs on the same tiny BERT base (different seeds -> different adapters)."""
+    from sentilora.train import train
+
+    folder = tmp_path_factory.mktemp("two-runs")
+    make_rows(48, ["negative", "positive"], seed=1).to_csv(folder / "train.csv", index=False)
+    make_rows(24, ["negative", "positive"], seed=2).to_csv(folder / "test.csv", index=False)
+    runs = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        cfg = tiny_config(tiny_models["bert"], folder / "train.csv", folder / "test.csv",
+                          **{"train.epochs": 1, "train.seed": seed, "train.lr": 5e-2})
+        train(cfg, folder / name, progress=False)
+        runs[name] = str(folder / name)
+    return runs

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sentilora import Classifier
-from sentilora.errors import DataError
+from sentilora.errors import BundleError, DataError
 from sentilora.predict import chunk_windows, length_sorted_batches
 
 
@@ -58,3 +58,20 @@ def test_bad_texts_are_refused_with_their_row(run_dir, bad):
     clf = Classifier.load(run_dir, precision="fp32")
     with pytest.raises(DataError, match="input row 2"):
         clf.predict_proba(["fine", bad])
+
+
+def test_bf16_inference_casts_weights_once(trained_run, tmp_path):
+    """On a CPU, bf16 inference uses bf16 weights (no per-call autocast); fp32 is the same model."""
+    import torch
+
+    from sentilora import Classifier
+
+    run = trained_run("bert")
+    fp32 = Classifier.load(run, precision="fp32")
+    bf16 = Classifier.load(run, precision="bf16", device="cpu")
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16 and bf16.backend.dtype is None
+    texts = ["The movie was great and wonderful.", "Awful, boring, the worst plot.", "fine"]
+    np.testing.assert_allclose(bf16.predict_proba(texts), fp32.predict_proba(texts), atol=0.05)
+    with pytest.raises(BundleError, match="precision='fp32'"):
+        bf16.save(tmp_path / "copy")

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_rows, tiny_config
 
 from sentilora import Classifier
 from sentilora.errors import ConfigError
@@ -17,23 +16,6 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 TEXTS = ["The movie was great and wonderful.", "Awful, boring, the worst plot.", "fine", "It was okay, not more."]
-
-
-@pytest.fixture(scope="module")
-def two_runs(tiny_models, tmp_path_factory):
-    """Two adapter runs on the same tiny BERT base (different seeds -> different adapters)."""
-    from sentilora.train import train
-
-    folder = tmp_path_factory.mktemp("serve-runs")
-    make_rows(48, ["negative", "positive"], seed=1).to_csv(folder / "train.csv", index=False)
-    make_rows(24, ["negative", "positive"], seed=2).to_csv(folder / "test.csv", index=False)
-    runs = {}
-    for name, seed in (("a", 1), ("b", 2)):
-        cfg = tiny_config(tiny_models["bert"], folder / "train.csv", folder / "test.csv",
-                          **{"train.epochs": 1, "train.seed": seed, "train.lr": 5e-2})
-        train(cfg, folder / name, progress=False)
-        runs[name] = str(folder / name)
-    return runs
 
 
 @pytest.fixture(scope="module")

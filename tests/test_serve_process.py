@@ -72,21 +72,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_models, tmp_path_factory):
-    from conftest import make_rows, tiny_config
-
-    from sentilora.train import train
-
-    folder = tmp_path_factory.mktemp("served")
-    make_rows(48, ["negative", "positive"], seed=1).to_csv(folder / "train.csv", index=False)
-    make_rows(24, ["negative", "positive"], seed=2).to_csv(folder / "test.csv", index=False)
-    out = {}
-    for name, seed in (("a", 1), ("b", 2)):
-        cfg = tiny_config(tiny_models["bert"], folder / "train.csv", folder / "test.csv",
-                          **{"train.epochs": 1, "train.seed": seed})
-        train(cfg, folder / name, progress=False)
-        out[name] = str(folder / name)
-    return out
+def runs(two_runs):
+    return two_runs
 
 
 @pytest.fixture(scope="module")

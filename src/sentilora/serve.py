@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -51,7 +52,7 @@ try:
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ConfigError(f"the server needs its extra: pip install 'sentilora[serve]' ({e.name} is missing).") from None
-from sentilora.predict import DEFAULT_MAX_TOKENS, Classifier, TorchBackend
+from sentilora.predict import DEFAULT_MAX_TOKENS, Classifier, TorchBackend, inference_weights
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,10 @@ def load_models(specs: dict[str, str], settings: ServeSettings) -> dict[str, Ser
         for other in names[1:]:
             M.add_adapter(model, specs[other], other)
             adapters[other] = other
-        model.to(device).eval()
+        model, shared_dtype = inference_weights(model.to(device).eval(), device, dtype)
         for name in names:
             tok = tokenizer if name == first else _tokenizer(specs[name])
-            backend = AdapterBackend(model, adapters[name], device=device, dtype=dtype)
+            backend = AdapterBackend(model, adapters[name], device=device, dtype=shared_dtype)
             clf = Classifier(model, tok, manifests[name], backend=backend)
             served[name] = Served(name, specs[name], "adapter (shared base)", clf)
         log.info("models %s share one copy of %s", ", ".join(names), man.base_model)
@@ -294,6 +295,74 @@ class Metrics:
 # ---- the app -------------------------------------------------------------------------------------
 
 
+class _Guard:
+    """ASGI middleware: refuses bodies over the size limit (413) before anything parses them, counts
+    requests by route and status, times them, and turns an escaped exception into a bare 500."""
+
+    UNTIMED = ("/metrics", "/healthz", "/readyz")
+
+    def __init__(self, app: Any, *, settings: ServeSettings, metrics: Metrics) -> None:
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def _reply(self, send: Any, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path, limit = scope["path"], self.settings.max_body_bytes
+        status = {"code": 500, "started": False}
+
+        async def send_and_note(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+            await send(message)
+
+        too_big = {"error": f"request body is larger than {limit} bytes", "limit": "max_body_bytes", "value": limit}
+        inner_receive = receive
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+            body, more = b"", not (declared.isdigit() and int(declared) > limit)
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    break
+            if len(body) > limit or (declared.isdigit() and int(declared) > limit):
+                self.metrics.errors.labels(reason="body_too_large").inc()
+                self.metrics.requests.labels(route=path, status="413").inc()
+                await self._reply(send, 413, too_big)
+                return
+            replayed = False
+
+            async def inner_receive() -> dict:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+        try:
+            await self.app(scope, inner_receive, send_and_note)
+        except Exception:  # noqa: BLE001 - never a traceback to the client
+            log.exception("unhandled error on %s", path)
+            self.metrics.errors.labels(reason="internal").inc()
+            if not status["started"]:
+                await self._reply(send, 500, {"error": "internal server error"})
+        finally:
+            if path not in self.UNTIMED:
+                self.metrics.latency.labels(route=path).observe(time.perf_counter() - t0)
+            self.metrics.requests.labels(route=path, status=str(status["code"])).inc()
+
+
 class ClassifyRequest(BaseModel):
     texts: list[str] = Field(description="Texts to classify (1 to --max-texts, each up to --max-chars characters).")
     model: str | None = Field(default=None, description="Model name from /v1/models; default: the first one.")
@@ -355,37 +424,9 @@ def create_app(models: dict[str, Served] | dict[str, str], settings: ServeSettin
         metrics.errors.labels(reason=reason).inc()
         return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
-    # Size limit before anything parses the body; the rest of the routes never see an oversize body.
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        t0 = time.perf_counter()
-        route = request.url.path
-        if request.method in ("POST", "PUT", "PATCH"):
-            declared = request.headers.get("content-length")
-            too_big = declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes
-            if not too_big:
-                body = b""
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > settings.max_body_bytes:
-                        too_big = True
-                        break
-                if not too_big:
-                    request._body = body  # starlette reads this cached body instead of the spent stream
-            if too_big:
-                resp = error(413, f"request body is larger than {settings.max_body_bytes} bytes",
-                             reason="body_too_large", limit="max_body_bytes", value=settings.max_body_bytes)
-                metrics.requests.labels(route=route, status="413").inc()
-                return resp
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - never a traceback to the client
-            log.exception("unhandled error on %s", route)
-            response = error(500, "internal server error", reason="internal")
-        if route not in ("/metrics", "/healthz", "/readyz"):
-            metrics.latency.labels(route=route).observe(time.perf_counter() - t0)
-        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-        return response
+    # Size limit before anything parses the body, plus request metrics: a plain ASGI middleware
+    # (Starlette's BaseHTTPMiddleware costs a task and a stream per request).
+    app.add_middleware(_Guard, settings=settings, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -478,10 +519,11 @@ def create_app(models: dict[str, Served] | dict[str, str], settings: ServeSettin
         labels = clf.decide(probs)
         metrics.texts.labels(model=name).inc(len(req.texts))
         names = clf.label_names
-        return {"predictions": [
+        # A ready Response skips FastAPI's re-validation of the output (response_model still documents it).
+        return JSONResponse({"predictions": [
             {"label": lab, "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}, "model": name}
             for lab, row in zip(labels, probs)
-        ]}
+        ]})
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
