@@ -194,3 +194,12 @@ def test_stop_signal_flips_readiness_at_once(loaded):
         r = client.post("/v1/classify", json={"texts": ["x"]})
         assert r.status_code == 503 and r.headers["retry-after"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_unknown_paths_share_one_metrics_label(loaded):
+    with _client(loaded) as client:
+        for i in range(5):
+            assert client.get(f"/no/such/path/{i}").status_code == 404
+        text = client.get("/metrics").text
+        assert 'sentilora_requests_total{route="other",status="404"} 5.0' in text
+        assert "/no/such/path" not in text

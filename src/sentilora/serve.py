@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,6 @@ class _Job:
     model: str
     texts: list[str]
     future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
@@ -301,8 +300,15 @@ class _Guard:
 
     UNTIMED = ("/metrics", "/healthz", "/readyz")
 
-    def __init__(self, app: Any, *, settings: ServeSettings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app: Any, *, settings: ServeSettings, metrics: Metrics, routes: Any) -> None:
+        self.app, self.settings, self.metrics, self.routes = app, settings, metrics, routes
+        self._known: set[str] | None = None
+
+    def _label(self, path: str) -> str:
+        """The metrics label: the route itself, or "other" (random paths must not grow the label set)."""
+        if self._known is None:
+            self._known = set(self.routes())
+        return path if path in self._known else "other"
 
     async def _reply(self, send: Any, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -315,7 +321,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        path, limit = scope["path"], self.settings.max_body_bytes
+        path, limit = self._label(scope["path"]), self.settings.max_body_bytes
         status = {"code": 500, "started": False}
 
         async def send_and_note(message: dict) -> None:
@@ -426,7 +432,7 @@ def create_app(models: dict[str, Served] | dict[str, str], settings: ServeSettin
 
     # Size limit before anything parses the body, plus request metrics: a plain ASGI middleware
     # (Starlette's BaseHTTPMiddleware costs a task and a stream per request).
-    app.add_middleware(_Guard, settings=settings, metrics=metrics)
+    app.add_middleware(_Guard, settings=settings, metrics=metrics, routes=lambda: [r.path for r in app.routes])
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
