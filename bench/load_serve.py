@@ -193,13 +193,12 @@ def main() -> None:
             # Warm up with the soak's own traffic first: the allocator and oneDNN's kernel cache grow to
             # the largest shapes they see, which is not a leak; the soak then shows whether RSS keeps growing.
             asyncio.run(load(srv.url, mixed, top, args.settle))
-            start_rss = rss_mb(srv.proc.pid)
             series: list[float] = []
 
             async def sample_rss() -> None:
                 while True:
                     await asyncio.sleep(30)
-                    series.append(round(rss_mb(srv.proc.pid)))
+                    series.append(round(rss_mb(srv.proc.pid)))  # the first one, 30 s in, is the start
 
             async def soak() -> dict[str, Any]:
                 sampler = asyncio.create_task(sample_rss())
@@ -209,7 +208,11 @@ def main() -> None:
                     sampler.cancel()
 
             res = asyncio.run(soak())
-            end_rss = rss_mb(srv.proc.pid)
+            # Both readings under load: an idle server lets the allocator hand pages back, so a reading
+            # taken between two load phases understates the start.
+            if len(series) < 2:
+                sys.exit("the soak needs --soak of at least 60 s (RSS is sampled every 30 s)")
+            start_rss, end_rss = series[0], series[-1]
         finally:
             code = srv.stop()
         growth = (end_rss - start_rss) / start_rss

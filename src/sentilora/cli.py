@@ -359,6 +359,10 @@ def serve(
                              queue_texts=queue_texts, timeout_s=timeout, batching=not no_batching,
                              max_wait_ms=max_wait_ms, max_tokens=max_tokens, precision=precision, threads=threads)
     specs = parse_model_args(models)
+    from sentilora.model import Manifest
+
+    for path in specs.values():
+        Manifest.read(path)  # a bad path fails here, before anything says "serving"
     err.print(f"serving {', '.join(f'{k}={v}' for k, v in specs.items())} on http://{host}:{port} "
               f"(web page at /, docs at /docs)")
     raise typer.Exit(run_server(specs, host=host, port=port, settings=settings, log_level=log_level))
