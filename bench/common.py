@@ -297,6 +297,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     return lines
 
 
+HIDDEN_COLUMNS = ("command",)  # long per-row command lines stay in the JSON, out of the README tables
+
+
 def _render_one(result: dict[str, Any], name: str) -> list[str]:
     bench, protocol = result.get("bench", name), result.get("protocol", "")
     m = result.get("machine") or {}
@@ -311,7 +314,7 @@ def _render_one(result: dict[str, Any], name: str) -> list[str]:
     rows = result.get("rows") or []
     columns: list[str] = []
     for r in rows:
-        columns += [k for k in r if k not in columns]
+        columns += [k for k in r if k not in columns and k not in HIDDEN_COLUMNS]
     if rows:
         lines += _table(rows, columns) + [""]
     targets = result.get("targets") or []
@@ -321,7 +324,7 @@ def _render_one(result: dict[str, Any], name: str) -> list[str]:
                 "target": t.get("name"),
                 "value": t.get("value"),
                 "goal": t.get("goal"),
-                "result": "PASS" if t.get("pass") else "FAIL",
+                "result": "pending" if t.get("pass") is None else "PASS" if t.get("pass") else "FAIL",
             }
             for t in targets
         ]

@@ -195,7 +195,8 @@ def _row(protocol: str, key: str, name: str, overrides: dict[str, Any], data: di
     if not force and hits:
         saved = json.loads(hits[0].read_text())
         print(f"[{protocol}] {name}: cached ({hits[0].name})", flush=True)
-        return {"system": name, "overrides": shown, **saved["row"]}
+        row = {k: v for k, v in saved["row"].items() if k != "command"}
+        return {"system": name, "key": key, "overrides": shown, **row, "measured_in": hits[0].name}
     if cached_only:
         return None
     print(f"[{protocol}] {name}: training {shown or '(defaults)'}", flush=True)
