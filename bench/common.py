@@ -28,7 +28,8 @@ BENCH_DIR = REPO_ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
 WORK_DIR = BENCH_DIR / "work"  # checkpoints, logs, smoke outputs (gitignored)
 README = REPO_ROOT / "README.md"
-SHARED = REPO_ROOT / ".." / "shared" / "data" / "imdb"
+# $SENTILORA_IMDB_DIR points elsewhere (a device machine gets its own copy of the parquet files)
+SHARED = Path(os.environ.get("SENTILORA_IMDB_DIR") or REPO_ROOT / ".." / "shared" / "data" / "imdb")
 
 README_START = "<!-- bench-results:start -->"
 README_END = "<!-- bench-results:end -->"
@@ -161,7 +162,12 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 
 
 def code_version() -> str:
-    """HEAD commit of the repo, with "-dirty" if tracked files changed; "uncommitted" if no commit."""
+    """HEAD commit of the repo, with "-dirty" if tracked files changed; "uncommitted" if no commit.
+
+    A copy of the tree without .git (a device machine) names its commit in $SENTILORA_CODE_VERSION.
+    """
+    if os.environ.get("SENTILORA_CODE_VERSION"):
+        return os.environ["SENTILORA_CODE_VERSION"]
     try:
         head = _git("rev-parse", "--verify", "HEAD")
     except OSError:
