@@ -37,6 +37,9 @@ SYSTEM = "reference (HF Trainer + PEFT seed recipe)"
 # Everything that defines the recipe; its hash decides whether a cached result still applies.
 RECIPE: dict[str, Any] = {
     "max_length": 512,
+    # The notebook ran on transformers 4, which loads every checkpoint in fp32; transformers 5 keeps a
+    # checkpoint's own dtype (a fp16 copy would train in fp16), so the fp32 load is spelled out.
+    "dtype": "float32",
     "truncation_side": "left",
     "padding": "dynamic (DataCollatorWithPadding)",
     "lora": {"task_type": "SEQ_CLS", "r": 4, "lora_alpha": 32, "lora_dropout": 0.01,
@@ -128,7 +131,7 @@ def run_reference(
     set_seed(42)
     model_type = AutoConfig.from_pretrained(path).model_type
     net = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, id2label=id2label, label2id=label2id
+        path, num_labels=num_labels, id2label=id2label, label2id=label2id, dtype=torch.float32
     )
     lora = RECIPE["lora"]
     peft_config = LoraConfig(

@@ -66,3 +66,19 @@ def test_fingerprint_tells_base_models_apart(tiny_models):
     with torch.no_grad():
         b.get_input_embeddings().weight[0, 0] += 1.0
     assert M.fingerprint(a) != M.fingerprint(b)
+
+
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoint_loads_as_fp32(tiny_models, tmp_path, stored):
+    """Hub checkpoints are often stored in fp16/bf16; transformers 5 would keep that dtype, and LoRA
+    training on half-precision weights diverges (NaN on a GPU). The base must come up in fp32."""
+    import shutil
+
+    from transformers import AutoModel
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_models["bert"], half)
+    AutoModel.from_pretrained(str(half), dtype=stored).save_pretrained(str(half), safe_serialization=True)
+    assert AutoModel.from_pretrained(str(half)).dtype == stored  # the checkpoint really is half precision
+    model, _ = M.load_base_model(str(half), ["neg", "pos"])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

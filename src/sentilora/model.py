@@ -129,6 +129,10 @@ def load_base_model(
             ignore_mismatched_sizes=True,  # a checkpoint with a head of another size gets a fresh one
             output_loading_info=True,
             use_safetensors=None,
+            # fp32 master weights whatever the checkpoint stores (transformers 5 keeps a fp16/bf16
+            # checkpoint in its own dtype, and LoRA training on half-precision weights turns to NaN);
+            # bf16/fp16 speed comes from autocast (training) or a cast after loading (inference).
+            dtype=torch.float32,
         )
     except (OSError, ValueError) as e:
         raise _load_error(path, "model", e) from None
@@ -401,7 +405,9 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
 
     if man.kind == "merged":
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(folder), use_safetensors=True, dtype=torch.float32
+            )
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as e:
             raise BundleError(f"{folder}: merged model files are missing or damaged ({str(e).splitlines()[0]}).") from None
