@@ -68,7 +68,19 @@ P1_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "epochs6": ("6 epochs", {"train.epochs": 6}),
     "top3-all-10ep": ("LoRA top 3 layers on attention + FFN, r16, 10 epochs, prefix cached",
                       {"lora.layers": 3, "lora.target_modules": "all", "lora.r": 16, "lora.alpha": 32, "train.epochs": 10}),
+    # rows keyed "default-..." change sentilora's current defaults rather than the fixed baseline
+    "default-no-es": ("default, no early stopping", {"train.early_stopping_patience": 0}),
+    "default-select-loss": ("default, best epoch by validation loss", {"train.select_metric": "loss"}),
+    "default-10ep": ("default, 10 epochs, no early stopping", {"train.epochs": 10, "train.early_stopping_patience": 0}),
+    "default-attn": ("default, LoRA on all attention", {"lora.target_modules": "attention"}),
 }
+
+
+def row_overrides(key: str) -> dict[str, Any]:
+    """The full overrides of a P1 row: "default" and "default-*" rows start from sentilora's defaults,
+    the rest from the fixed BASELINE."""
+    overrides = P1_ROWS[key][1]
+    return dict(overrides) if key == "default" or key.startswith("default-") else {**BASELINE, **overrides}
 
 REF_SYSTEM = "reference (HF Trainer + PEFT seed recipe)"
 
@@ -252,8 +264,7 @@ def bench_p1(args: argparse.Namespace) -> Path:
     rows: list[dict[str, Any]] = []
     ref_epoch: dict[str, Any] | None = None
     for key, (name, overrides) in P1_ROWS.items():
-        full = overrides if key == "default" else {**BASELINE, **overrides}
-        row = _row("p1", key, name, full, {}, force=args.force and key in wanted, cached_only=key not in wanted,
+        row = _row("p1", key, name, row_overrides(key), {}, force=args.force and key in wanted, cached_only=key not in wanted,
                    shown=overrides)
         if row is not None:
             rows.append(row)
