@@ -317,6 +317,8 @@ def _render_one(result: dict[str, Any], name: str) -> list[str]:
         f"{m.get('ram_gb', '?')} GB RAM, GPU {m.get('gpu') or 'none'}, torch {m.get('torch', '?')}",
         "",
     ]
+    if result.get("note"):
+        lines += [f"Note: {result['note']}", ""]
     rows = result.get("rows") or []
     columns: list[str] = []
     for r in rows:

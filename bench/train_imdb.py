@@ -257,7 +257,7 @@ def _reference_full(protocol: str) -> dict[str, Any] | None:
 
 def bench_p1(args: argparse.Namespace) -> Path:
     started = utc_now()
-    wanted = list(P1_ROWS) if not args.rows else [r.strip() for r in args.rows.split(",")]
+    wanted = [] if args.render else list(P1_ROWS) if not args.rows else [r.strip() for r in args.rows.split(",")]
     unknown = [r for r in wanted if r not in P1_ROWS]
     if unknown:
         sys.exit(f"unknown row(s) {unknown}; rows: {', '.join(P1_ROWS)}")
@@ -275,15 +275,20 @@ def bench_p1(args: argparse.Namespace) -> Path:
 
     ref_rows: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
+    timed_with_default = False  # the reused reference epoch was timed right after this very default row
     if ref_epoch is None:
         prev = RESULTS_DIR / f"{BENCH}-p1.json"
         if prev.exists():
             old = json.loads(prev.read_text())
+            old_default = next((r for r in old["rows"] if r["system"] == P1_ROWS["default"][0]), None)
             for r in old["rows"]:
                 if r["system"].startswith("reference, 1 epoch"):
                     r.setdefault("reused_from", f"{prev.relative_to(RESULTS_DIR.parents[1])} @ {old['code_version'][:12]} "
                                                 f"(started {old['started']})")
                     ref_rows.append(r)
+                    timed_with_default = bool(
+                        default and old_default and old_default["train_s"] == default["train_s"]
+                        and any(t.get("side_by_side") for t in old["targets"]))
     else:
         epochs = 10
         ref_rows.append({
@@ -310,10 +315,14 @@ def bench_p1(args: argparse.Namespace) -> Path:
     elif default is not None:
         targets.append({"name": "P1 accuracy: sentilora default vs reference best epoch + 2.0 points",
                         "value": default["accuracy"], "goal": "reference run not finished yet", "pass": None})
+    seeds_file = RESULTS_DIR / f"{BENCH}-p1-seeds.json"
+    if seeds_file.exists():  # the same target on means over several seeds (bench/seeds_p1.py)
+        for t in json.loads(seeds_file.read_text())["targets"]:
+            targets.append({**t, "from": str(seeds_file.relative_to(RESULTS_DIR.parents[1]))})
     timed = next((r for r in ref_rows if "train_s_10_epochs_est" in r), None)
     if default is not None and timed is not None:
         ratio = default["train_s"] / timed["train_s_10_epochs_est"]
-        side_by_side = default.get("measured_in") == "this run" and "reused_from" not in timed
+        side_by_side = (default.get("measured_in") == "this run" and "reused_from" not in timed) or timed_with_default
         targets.append({"name": "P1 training time: sentilora default / reference (10 epochs of its steps)",
                         "value": round(ratio, 4), "goal": "<= 0.25", "pass": ratio <= 0.25,
                         "side_by_side": side_by_side,
@@ -346,6 +355,8 @@ def main() -> None:
     ap.add_argument("protocol", choices=["p1", "p2", "p3"])
     ap.add_argument("--rows", help=f"P1: comma-separated row keys to (re)run, the rest come from the cache: {', '.join(P1_ROWS)}")
     ap.add_argument("--force", action="store_true", help="re-run rows even when a cached result matches")
+    ap.add_argument("--render", action="store_true",
+                    help="P1: train nothing; rebuild the results file from cached rows and the stored reference runs")
     ap.add_argument("--no-reference-timing", action="store_true", help="P1: skip the side-by-side reference epoch")
     ap.add_argument("--minutes", type=float, default=60.0, help="P2/P3: training time budget (train.max_minutes)")
     ap.add_argument("--curve-n", type=int, default=4000,

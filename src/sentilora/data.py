@@ -531,7 +531,8 @@ def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: lis
             splits[s] = _balanced(splits[s], n, cfg.seed + seed_offset, names, flag)
     out = {s: splits[s] for s in SPLITS if s in need}
     counts = " / ".join(f"{len(sp.labels)} {s}" for s, sp in out.items())
-    log.info("loaded %s rows from %s (%d classes: %s)", counts, cfg.source, len(names), ", ".join(names))
+    origins = " + ".join(dict.fromkeys(sp.origin for sp in out.values()))  # each file once, in split order
+    log.info("loaded %s rows from %s (%d classes: %s)", counts, origins, len(names), ", ".join(names))
     return LabeledData(out, names)
 
 
