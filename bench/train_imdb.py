@@ -73,6 +73,11 @@ P1_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "default-select-loss": ("default, best epoch by validation loss", {"train.select_metric": "loss"}),
     "default-10ep": ("default, 10 epochs, no early stopping", {"train.epochs": 10, "train.early_stopping_patience": 0}),
     "default-attn": ("default, LoRA on all attention", {"lora.target_modules": "attention"}),
+    "default-trunc-right": ("default, truncation right (keep start)", {"model.truncation": "right"}),
+    "default-trunc-left": ("default, truncation left (keep end)", {"model.truncation": "left"}),
+    "default-len512": ("default, 512 tokens", {"model.max_length": 512}),
+    "default-lr1e-3": ("default, lr 1e-3", {"train.lr": 1e-3}),
+    "default-fp32": ("default, fp32 (no bf16 autocast)", {"train.precision": "fp32"}),
 }
 
 
