@@ -39,3 +39,15 @@ def test_failed_parity_leaves_nothing(run_dir, tmp_path, monkeypatch):
         export_onnx(run_dir, tmp_path / "bad", texts=TEXTS)
     assert not (tmp_path / "bad").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "bert"])
+def test_export_fuses_attention_and_matches_unfused(trained_run, tmp_path, arch):
+    run = trained_run(arch, ("negative", "positive"))
+    export_onnx(run, tmp_path / "fused", texts=TEXTS * 5)
+    export_onnx(run, tmp_path / "plain", texts=TEXTS * 5, optimize=False)
+    fused = json.loads((tmp_path / "fused" / "sentilora.json").read_text())["export"]["fused_operators"]
+    plain = json.loads((tmp_path / "plain" / "sentilora.json").read_text())["export"]["fused_operators"]
+    assert fused.get("Attention") == 2 and plain == {}  # one fused attention per layer of the 2-layer model
+    np.testing.assert_allclose(Classifier.load(tmp_path / "fused").predict_proba(TEXTS),
+                               Classifier.load(tmp_path / "plain").predict_proba(TEXTS), atol=1e-4)

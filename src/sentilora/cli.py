@@ -288,6 +288,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
     quantize: Annotated[str, typer.Option("--quantize", help="none, or int8 (dynamic quantisation: smaller and faster on CPU).")] = "none",
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="Fail unless labels agree with PyTorch on this share of the parity texts.")] = 0.995,
+    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Fuse attention, layer norms and GELU with ONNX Runtime's transformer optimizer (faster; the graph then needs ONNX Runtime).")] = True,
 ) -> None:
     """Export a run for fast CPU inference: ONNX fp32 or int8, with a parity check.
 
@@ -302,7 +303,7 @@ def export(
         raise SentiloraError(f"--format {format} is not supported; use --format onnx.")
     if quantize not in ("none", "int8"):
         raise SentiloraError(f"--quantize must be none or int8; got '{quantize}'.")
-    check = export_onnx(run_dir, out_dir, quantize=quantize, min_agreement=min_agreement)  # type: ignore[arg-type]
+    check = export_onnx(run_dir, out_dir, quantize=quantize, min_agreement=min_agreement, optimize=optimize)  # type: ignore[arg-type]
     out.print(f"exported to {out_dir}: labels agree on {check['label_agreement']:.1%} of {check['texts']} parity texts, "
               f"largest probability difference {check['max_prob_diff']:.2g}")
 
