@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,12 +62,12 @@ def rss_mb(pid: int) -> float:
 
 
 class ServerProc:
-    def __init__(self, run: Path, *, batching: bool) -> None:
+    def __init__(self, run: Path, *, batching: bool, extra: Sequence[str] = ()) -> None:
         import httpx
 
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [EXE, "serve", f"p1={run}", "--port", str(self.port), "--log-level", "warning"]
+        cmd = [EXE, "serve", f"p1={run}", "--port", str(self.port), "--log-level", "warning", *extra]
         if not batching:
             cmd.append("--no-batching")
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -136,18 +137,23 @@ def main() -> None:
     ap.add_argument("--soak", type=float, default=300, help="soak seconds at 32 clients (0 = skip)")
     ap.add_argument("--settle", type=float, default=60, help="seconds of the soak's traffic before its start RSS is read")
     ap.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts, comma-separated")
+    ap.add_argument("--mixes", default="full,short", help="traffic mixes: full (reviews), short (first sentences)")
+    ap.add_argument("--serve-args", default="", help='extra `sentilora serve` options for both modes, e.g. "--threads 1"')
     args = ap.parse_args()
-    quick = args.duration < 60 or (0 < args.soak < 300)
+    quick = args.duration < 60 or (0 < args.soak < 300) or args.mixes != "full,short" or bool(args.serve_args)
+    extra = args.serve_args.split()
     from infer_imdb import RUN, ensure_models
 
     ensure_models()
     started = utc_now()
-    mixes = texts()
+    all_mixes = texts()
+    wanted_mixes = {"full": "full reviews", "short": "short texts"}
+    mixes = {wanted_mixes[m]: all_mixes[wanted_mixes[m]] for m in args.mixes.split(",")}
     clients = [int(c) for c in args.clients.split(",")]
     rows: list[dict[str, Any]] = []
     for batching in (True, False):
         mode = "micro-batching" if batching else "unbatched (1 request per model call)"
-        srv = ServerProc(RUN, batching=batching)
+        srv = ServerProc(RUN, batching=batching, extra=extra)
         try:
             for mix, pool in mixes.items():
                 for n in clients:
@@ -187,9 +193,9 @@ def main() -> None:
 
     if args.soak > 0:
         started = utc_now()
-        srv = ServerProc(RUN, batching=True)
+        srv = ServerProc(RUN, batching=True, extra=extra)
         try:
-            mixed = [t for pair in zip(mixes["full reviews"], mixes["short texts"]) for t in pair]
+            mixed = [t for pair in zip(all_mixes["full reviews"], all_mixes["short texts"]) for t in pair]
             # Warm up with the soak's own traffic first: the allocator and oneDNN's kernel cache grow to
             # the largest shapes they see, which is not a leak; the soak then shows whether RSS keeps growing.
             asyncio.run(load(srv.url, mixed, top, args.settle))
