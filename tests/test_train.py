@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -180,3 +181,27 @@ def test_time_budget_and_snapshots(tiny_models, dataset, tmp_path):
     a = evaluate_run(snap, data=str(train_csv), split="train", precision="fp32", output=tmp_path / "a.json")["metrics"]
     b = evaluate_run(run, data=str(train_csv), split="train", precision="fp32", output=tmp_path / "b.json")["metrics"]
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+class _ConstantModel(torch.nn.Module):
+    """Stands in for a trained classifier whose outputs no longer depend on the input."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.config = SimpleNamespace(num_labels=2)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=torch.full((input_ids.shape[0], 2), self.value))
+
+
+def test_validation_flags_a_collapsed_model_and_stops_on_nan():
+    from sentilora.config import Config
+    from sentilora.errors import SentiloraError
+    from sentilora.train import _validate
+
+    ids, labels, cpu = [[1, 5, 2], [1, 6, 7, 2], [1, 8, 2]], [0, 1, 0], torch.device("cpu")
+    collapsed = _validate(_ConstantModel(0.3), ids, labels, 0, cpu, None, Config())
+    assert collapsed["collapsed"] and abs(collapsed["loss"] - np.log(2)) < 1e-6
+    with pytest.raises(SentiloraError, match="training diverged.*Lower --train.lr"):
+        _validate(_ConstantModel(float("nan")), ids, labels, 0, cpu, None, Config())

@@ -205,6 +205,11 @@ def train(
             metrics["step"] = state.step
             state.history.append(metrics)
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+            if metrics.pop("collapsed"):
+                log.warning(
+                    "epoch %d: the model gives every validation text the same output (loss %.4f, chance level): "
+                    "training has collapsed. Lower --train.lr (now %g) or put LoRA on fewer modules.",
+                    epoch + 1, metrics["loss"], t.lr)
             if state.best is None or _better(metrics, state.best, t.select_metric):
                 state.best = metrics
                 state.bad_epochs = 0
@@ -282,9 +287,16 @@ def _validate(model, ids, labels, pad_id, device, dtype, cfg: Config,
         logits = _prefix_logits(model, prefix, hidden, ids, pad_id, device, dtype, cfg.eval.batch_size)
     else:
         logits = predict_logits(model, ids, pad_id=pad_id, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    if not np.isfinite(logits).all():
+        raise SentiloraError(
+            "training diverged: the model's outputs on the validation texts are NaN or infinite. "
+            f"Lower --train.lr (now {cfg.train.lr:g}), or train with --train.precision fp32."
+        )
     m = compute_metrics(np.asarray(labels), softmax(logits, axis=1), n_classes=logits.shape[1])
     keep = ("accuracy", "f1", "loss")
-    return {k: float(m[k]) for k in keep if k in m}
+    out = {k: float(m[k]) for k in keep if k in m}
+    out["collapsed"] = bool(len(logits) > 1 and float(np.ptp(logits, axis=0).max()) < 1e-3)
+    return out
 
 
 def _prefix_logits(model, prefix: FrozenPrefix, hidden, ids, pad_id, device, dtype, batch_size: int) -> np.ndarray:
