@@ -102,3 +102,22 @@ def test_predict_and_evaluate_errors(tmp_path):
     assert r.exit_code == 2 and "not a sentilora bundle" in r.output
     r = invoke("predict", tmp_path / "half")
     assert r.exit_code == 2 and "give either texts" in r.output
+
+
+def test_preset_then_yaml_then_flags(tiny_models, dataset, tmp_path):
+    import yaml
+
+    train_csv, test_csv = dataset()
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  epochs: 1\n")  # overrides the preset's 3 epochs
+    run = tmp_path / "run"
+    flags = [f for f in FAST if f not in ("--train.epochs", "1")]
+    r = invoke("train", "--preset", "fast", "--config", cfg_file, "--model", tiny_models["bert"], "--data", train_csv,
+               "--data.test_file", test_csv, "--out", run, "--quiet", *flags, "--lora.layers", "1")
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["cache_prefix"] is True  # from the preset
+    assert saved["train"]["epochs"] == 1  # YAML over preset
+    assert saved["lora"]["layers"] == 1 and saved["model"]["max_length"] == 32  # flags over both
+    bad = runner.invoke(app, ["train", "--preset", "turbo", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "unknown preset; choose one of fast, accurate" in bad.output

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from sentilora.config import Config, all_options, parse_overrides
+from sentilora.config import PRESETS, Config, all_options, parse_overrides
+from sentilora.config import preset as preset_overrides
 from sentilora.errors import SentiloraError
 
 app = typer.Typer(
@@ -123,11 +124,13 @@ def train(
     data: Annotated[Optional[str], typer.Option("--data", help="Shortcut for --data.source (e.g. imdb-sample, reviews.csv).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="A measured trade-off against the default recipe. "
+        + " ".join(f"'{k}': {v[1]}." for k, v in PRESETS.items()))] = None,
 ) -> None:
     """Fine-tune a base encoder with LoRA and write a run bundle to --out.
 
-    Settings come from defaults, then --config YAML, then flags like --lora.r 8 --train.epochs 3.
-    The resolved config is saved in the run folder.
+    Settings come from defaults, then --preset, then --config YAML, then flags like --lora.r 8
+    --train.epochs 3. The resolved config is saved in the run folder.
     """
     from sentilora.train import train as run_train
 
@@ -136,9 +139,10 @@ def train(
         overrides["model.name"] = model
     if data:
         overrides["data.source"] = data
-    if resume and (overrides or config):
+    if resume and (overrides or config or preset):
         raise SentiloraError("--resume continues with the run's saved config.yaml; drop the other settings.")
-    cfg = Config.from_yaml(config) if config else Config()
+    cfg = Config().override(preset_overrides(preset)) if preset else Config()
+    cfg = Config.from_yaml(config, base=cfg) if config else cfg
     cfg = cfg.override(overrides)
     result = run_train(cfg, out_dir, resume=resume, progress=not quiet)
     best = result.best_metrics
