@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, WORK_DIR, load_protocol, utc_now, write_results  # noqa: E402
+from common import RESULTS_DIR, WORK_DIR, load_protocol, render_readme, utc_now, write_results  # noqa: E402
 
 BENCH = "train_imdb"
 ROWS_DIR = WORK_DIR / BENCH
@@ -356,6 +356,7 @@ def bench_full(args: argparse.Namespace, protocol: str) -> Path:
                     f"snapshots taken at 15 and 30 minutes and the final model on a fixed balanced subset of "
                     f"{args.curve_n} test reviews; accuracy and f1 are on all {row['eval_n']} test reviews.")
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    render_readme()
     return path
 
 
