@@ -115,6 +115,9 @@ def main() -> None:
             "key": k, "overrides": P1_ROWS[k][1],
             "f1_mean": round(statistics.mean(r["f1"] for r in rs), 4),
             "train_s_mean": round(statistics.mean(r["train_s"] for r in rs), 1),
+            "samples_per_s_mean": round(statistics.mean(r["samples_per_s"] for r in rs), 2),
+            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
+            "trainable_params": rs[0]["trainable_params"], "bundle_mb": rs[0]["bundle_mb"],
             "best_epoch_per_seed": [r["best_epoch"] for r in rs],
             "epochs_run_per_seed": [r["epochs_run"] for r in rs]}))
     targets = []
@@ -125,7 +128,11 @@ def main() -> None:
                                "reference_seeds": ref_seeds,
                                "accuracy_trainer_kept_mean": round(statistics.mean(
                                    refs[s]["accuracy_trainer_kept"] for s in ref_seeds), 4),
-                               "train_s_mean": round(statistics.mean(refs[s]["train_s"] for s in ref_seeds), 1)})
+                               "train_s_mean": round(statistics.mean(refs[s]["train_s"] for s in ref_seeds), 1),
+                               "samples_per_s_mean": round(statistics.mean(refs[s]["samples_per_s"] for s in ref_seeds), 2),
+                               "peak_rss_mb_max": max(refs[s]["peak_rss_mb"] for s in ref_seeds),
+                               "trainable_params": refs[ref_seeds[0]]["trainable_params"],
+                               "bundle_mb": refs[ref_seeds[0]]["bundle_mb"]})
         rows.append(ref_row)
         default = next((r for r in rows if r.get("key") == "default"), None)
         if default is not None:
