@@ -205,3 +205,13 @@ def test_validation_flags_a_collapsed_model_and_stops_on_nan():
     assert collapsed["collapsed"] and abs(collapsed["loss"] - np.log(2)) < 1e-6
     with pytest.raises(SentiloraError, match="training diverged.*Lower --train.lr"):
         _validate(_ConstantModel(float("nan")), ids, labels, 0, cpu, None, Config())
+
+
+def test_best_epoch_tie_goes_to_lower_loss():
+    from sentilora.train import _better
+
+    first = {"accuracy": 0.81, "f1": 0.82, "loss": 0.48}
+    assert _better({"accuracy": 0.81, "f1": 0.82, "loss": 0.41}, first, "accuracy")  # same accuracy, lower loss
+    assert not _better({"accuracy": 0.81, "f1": 0.82, "loss": 0.50}, first, "accuracy")
+    assert not _better({"accuracy": 0.80, "f1": 0.90, "loss": 0.10}, first, "accuracy")
+    assert _better({"accuracy": 0.70, "f1": 0.70, "loss": 0.40}, first, "loss")
