@@ -254,7 +254,8 @@ def _reference_full(protocol: str) -> dict[str, Any] | None:
     path = RESULTS_DIR / f"reference_seed-{protocol}.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())["rows"][0]
+    data = json.loads(path.read_text())
+    return {**data["rows"][0], "machine_gpu": (data.get("machine") or {}).get("gpu")}
 
 
 # ------------------------------------------------------------------------------ protocols
@@ -305,7 +306,8 @@ def bench_p1(args: argparse.Namespace) -> Path:
         })
     if ref is not None:
         ref_rows.append({
-            "system": "reference, full 10-epoch run (bench/results/reference_seed-p1.json)",
+            "system": "reference, full 10-epoch run (bench/results/reference_seed-p1.json"
+                      + (f", on {ref['machine_gpu']}: its times are GPU times)" if ref.get("machine_gpu") else ")"),
             "accuracy": ref["accuracy"], "f1": ref["f1"], "best_epoch": ref["best_epoch_by_accuracy"],
             "accuracy_trainer_kept": ref["accuracy_trainer_kept"], "train_s": ref["train_s"],
             "samples_per_s": ref["samples_per_s"], "peak_rss_mb": ref["peak_rss_mb"],
