@@ -201,11 +201,12 @@ def train(
 
             metrics = _validate(model, enc["validation"], data.splits["validation"].labels, pad_id, device, dtype, cfg,
                                 prefix=prefix, hidden=cache.get("validation"))
+            collapsed = metrics.pop("collapsed")
             metrics["epoch"] = epoch + 1
             metrics["step"] = state.step
             state.history.append(metrics)
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
-            if metrics.pop("collapsed"):
+            if collapsed:
                 log.warning(
                     "epoch %d: the model gives every validation text the same output (loss %.4f, chance level): "
                     "training has collapsed. Lower --train.lr (now %g) or put LoRA on fewer modules.",
