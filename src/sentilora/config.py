@@ -88,7 +88,9 @@ class TrainConfig:
     epochs: int = _f(
         6, "Training epochs (early stopping may end sooner). 6 is tuned on 1,000 IMDB reviews; "
         "large data sets need fewer (or cap the time with --train.max_minutes).")
-    batch_size: int = _f(16, "Texts per optimiser step (before gradient accumulation).")
+    batch_size: int = _f(
+        16, "Texts per optimiser step (before gradient accumulation), per process: under torchrun or "
+        "accelerate launch with N processes a step takes N x this many texts.")
     grad_accum: int = _f(1, "Batches accumulated per optimiser step.")
     lr: float = _f(2e-3, "Peak learning rate (AdamW), linear warm-up then linear decay.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
