@@ -3,13 +3,15 @@
 Protocol `reviews`: 2,000 reviews drawn (seed 7) from the 20k IMDB test split, scored by
   - reference: `pipeline("text-classification", batch_size=32, truncation=True)` on the merged model,
     truncating at the encoder's 512 positions as the seed notebook's users run it (targets);
-  - reference-256: the same pipeline with the bundle's own tokenizer, saved by sentilora with its
-    256-token training length (shown as `speedup_vs_pipeline_256`, so the share of the speed-up
-    that comes from the shorter inputs is visible);
-  - sentilora default: `Classifier.load(run)` as `sentilora predict` uses it (adapter merged in
-    memory, weights cast to bf16 where the CPU has it, length-sorted token-budget batches);
-  - sentilora torch fp32 (the same engine without bf16), ONNX fp32, ONNX int8 (`sentilora export`:
-    fused attention/layer-norm graph; int8 exported with --min-agreement 0.98, see ensure_models).
+  - reference-256: the same pipeline truncating at the 256 tokens sentilora trained on (shown as
+    `speedup_vs_pipeline_256`, so the share of the speed-up that comes from shorter inputs is visible);
+  - sentilora default: `Classifier.load(run)` as `sentilora predict` uses it with no flags (adapter
+    merged in memory, weights cast to bf16 where the CPU has it, length-sorted token-budget batches,
+    reading the bundle's prediction length: 512 tokens, head+tail, for a run trained by this version);
+  - sentilora-256: the same at the 256-token training length (`--max-length 256`);
+  - sentilora torch fp32 (the default without bf16), ONNX fp32, ONNX int8 (`sentilora export`:
+    fused attention/layer-norm graph; int8 exported with --min-agreement 0.98, see ensure_models),
+    and ONNX int8 at 256 tokens.
 Each system runs in its own subprocess (honest peak RSS) after a short warm-up; reviews/s is over
 the 2,000 reviews. Accuracy is against the true labels, agreement against the reference's labels.
 
@@ -44,7 +46,16 @@ from common import WORK_DIR, load_protocol, utc_now, write_results  # noqa: E402
 RUN = WORK_DIR / "minilm-p1"
 MERGED = WORK_DIR / "minilm-p1-merged"
 ONNX = {"onnx-fp32": WORK_DIR / "minilm-p1-onnx-fp32", "onnx-int8": WORK_DIR / "minilm-p1-onnx-int8"}
-SYSTEMS = ["reference", "reference-256", "sentilora-default", "sentilora-torch-fp32", "onnx-fp32", "onnx-int8"]
+# system -> (model folder, precision, tokens read: None = the bundle's own prediction length)
+ENGINE = {
+    "sentilora-default": (RUN, "auto", None),
+    "sentilora-256": (RUN, "auto", 256),
+    "sentilora-torch-fp32": (RUN, "fp32", None),
+    "onnx-fp32": (ONNX["onnx-fp32"], "auto", None),
+    "onnx-int8": (ONNX["onnx-int8"], "auto", None),
+    "onnx-int8-256": (ONNX["onnx-int8"], "auto", 256),
+}
+SYSTEMS = ["reference", "reference-256", *ENGINE]
 N_REVIEWS, SEED = 2000, 7
 EXE = str(Path(sys.executable).with_name("sentilora"))
 
@@ -91,28 +102,32 @@ def worker(system: str, out: Path) -> None:
         # "reference": the pipeline as a user of the seed notebook runs it, truncating at the encoder's
         # 512 positions (the MiniLM tokenizer's model_max_length). "reference-256": the same pipeline
         # with the bundle's tokenizer, which sentilora saved with its own 256-token training length.
-        tok = AutoTokenizer.from_pretrained(str(MERGED))
-        if system == "reference":
-            from transformers import AutoConfig
+        from transformers import AutoConfig
 
-            tok.model_max_length = AutoConfig.from_pretrained(str(MERGED)).max_position_embeddings
+        from sentilora.model import Manifest
+
+        tok = AutoTokenizer.from_pretrained(str(MERGED))
+        tok.model_max_length = (AutoConfig.from_pretrained(str(MERGED)).max_position_embeddings if system == "reference"
+                                else Manifest.read(MERGED).max_length)
         pipe = pipeline("text-classification", model=str(MERGED), tokenizer=tok, device=-1)
         label2id = pipe.model.config.label2id
         pipe(texts[:32], batch_size=32, truncation=True)  # warm-up
         t0 = time.perf_counter()
         labels = [label2id[r["label"]] for r in pipe(texts, batch_size=32, truncation=True)]
+        tokens_read = tok.model_max_length
     else:
         from sentilora import Classifier
 
-        path = ONNX.get(system, RUN)
-        clf = Classifier.load(path, precision="fp32" if system == "sentilora-torch-fp32" else "auto")
+        path, precision, max_length = ENGINE[system]
+        clf = Classifier.load(path, precision=precision, max_length=max_length)
         clf.predict_proba(texts[:32])  # warm-up
         t0 = time.perf_counter()
         probs = clf.predict_proba(texts)
         labels = [clf.label_names.index(n) for n in clf.decide(probs)]
+        tokens_read = clf.max_length
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(json.dumps({"labels": labels, "seconds": seconds, "peak_rss_mb": peak}))
+    out.write_text(json.dumps({"labels": labels, "seconds": seconds, "peak_rss_mb": peak, "tokens_read": tokens_read}))
 
 
 def bench_reviews() -> None:
@@ -131,6 +146,7 @@ def bench_reviews() -> None:
         acc = sum(a == b for a, b in zip(r["labels"], truth)) / len(truth)
         rows.append({
             "system": system,
+            "tokens_read": r["tokens_read"],
             "reviews_per_s": round(len(truth) / r["seconds"], 2),
             "speedup_vs_reference": round(ref["seconds"] / r["seconds"], 2),
             "accuracy": round(acc, 4),
@@ -141,8 +157,8 @@ def bench_reviews() -> None:
             "seconds": round(r["seconds"], 1),
             "speedup_vs_pipeline_256": round(results["reference-256"]["seconds"] / r["seconds"], 2),
         })
-        if system in ONNX:
-            parity = json.loads((ONNX[system] / "parity.json").read_text())
+        if system.startswith("onnx"):
+            parity = json.loads((ENGINE[system][0] / "parity.json").read_text())
             rows[-1]["export_parity_agreement"] = parity["label_agreement"]
             rows[-1]["export_parity_gate"] = parity["min_agreement"]
     by = {r["system"]: r for r in rows}

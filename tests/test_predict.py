@@ -75,3 +75,43 @@ def test_bf16_inference_casts_weights_once(trained_run, tmp_path):
     np.testing.assert_allclose(bf16.predict_proba(texts), fp32.predict_proba(texts), atol=0.05)
     with pytest.raises(BundleError, match="precision='fp32'"):
         bf16.save(tmp_path / "copy")
+
+
+def test_prediction_reads_up_to_the_encoders_limit(run_dir, tmp_path):
+    import json
+    import shutil
+
+    from sentilora.errors import ConfigError
+
+    clf = Classifier.load(run_dir, precision="fp32")
+    man = clf.manifest  # trained on 32 tokens; the tiny encoder has 128 positions
+    assert (man.max_length, man.positions, man.predict_max_length, clf.max_length) == (32, 128, 128, 128)
+    long = " ".join(["the movie was very good but the ending was weak"] * 30)
+    assert [len(ids) for ids in clf.encode([long, "fine"])][0] == 128
+    short = Classifier.load(run_dir, precision="fp32", max_length=48)
+    assert len(short.encode([long])[0]) == 48
+    assert short.predict_proba([long]).shape == (1, 2)
+    with pytest.raises(ConfigError, match="8 to 128"):
+        Classifier.load(run_dir, precision="fp32", max_length=129)
+    # A bundle written before prediction lengths existed reads what it was trained on.
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    raw = json.loads((old / "sentilora.json").read_text())
+    del raw["predict_max_length"], raw["positions"]
+    (old / "sentilora.json").write_text(json.dumps(raw))
+    assert Classifier.load(old, precision="fp32").max_length == 32
+
+
+def test_training_checks_and_stores_the_prediction_length(tiny_models, dataset, tmp_path):
+    from conftest import tiny_config
+
+    from sentilora.errors import SentiloraError
+    from sentilora.train import train
+
+    train_file, test_file = dataset()
+    with pytest.raises(SentiloraError, match=r"--model.max_length 200 is more than .*\(128 tokens per text\)"):
+        train(tiny_config(tiny_models["bert"], train_file, test_file, **{"model.max_length": 200}), tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+    cfg = tiny_config(tiny_models["bert"], train_file, test_file, **{"model.predict_max_length": 64, "train.epochs": 1})
+    train(cfg, tmp_path / "b", progress=False)
+    assert Classifier.load(tmp_path / "b").max_length == 64

@@ -123,6 +123,7 @@ def load_eval_split(
     text_column: str | None = None,
     label_column: str | None = None,
     precision: str = "auto",
+    max_length: int | None = None,
 ) -> tuple[Any, Split, Config]:
     """A run's Classifier, the labelled split to score it on (its own data unless `data` is set), its config."""
     from sentilora.data import load_data
@@ -136,7 +137,7 @@ def load_eval_split(
     if data is None and not cfg_path.is_file():
         raise DataError(f"{run_dir}: no config.yaml to tell which data it was trained on. Pass --data FILE.")
     dc, which = eval_data_config(run_cfg, data=data, split=split, text_column=text_column, label_column=label_column)
-    clf = Classifier.load(run_dir, precision=precision)
+    clf = Classifier.load(run_dir, precision=precision, max_length=max_length)
     loaded = load_data(dc, need=(which,), label_names=clf.label_names)
     return clf, loaded.splits[which], run_cfg
 
@@ -157,6 +158,7 @@ def evaluate_run(
     report_dir: str | Path | None = None,
     base_sample: int = 2000,
     report_note: str | None = None,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Score a run bundle on a split; write metrics.json (in the run folder unless `output` is set).
 
@@ -172,7 +174,7 @@ def evaluate_run(
         raise ConfigError("--base-sample must be 0 (no base model) or more, e.g. 2000.")
     run_dir = Path(run_dir)
     clf, part, run_cfg = load_eval_split(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
-                                        precision=precision)
+                                        precision=precision, max_length=max_length)
     bs = batch_size or run_cfg.eval.batch_size
     k = len(clf.label_names)
     y = np.asarray(part.labels)

@@ -322,6 +322,16 @@ def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation:
     return out
 
 
+def position_limit(model: nn.Module, tokenizer: Any) -> int:
+    """Tokens the encoder can take in one text: its position embeddings, or less if its tokenizer says so."""
+    config = model.config
+    n = getattr(config, "max_position_embeddings", None) or 512
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        n -= (config.pad_token_id or 0) + 1  # positions start after the padding index
+    declared = getattr(tokenizer, "model_max_length", None)
+    return min(n, declared) if isinstance(declared, int) and 0 < declared < 1_000_000 else n
+
+
 def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a single text ([CLS] / [SEP], <s> / </s>, ...)."""
     probe = "hello"
@@ -363,6 +373,16 @@ class Manifest:
     temperature: float = 1.0  # logits are divided by it before softmax (`sentilora calibrate`)
     threshold: float | None = None  # binary only: P(class 1) needed to predict class 1; None = argmax
     export: dict[str, Any] | None = None  # ONNX exports: file, quantisation, opset, parity figures
+    # Prediction may read more of a text than training did: training cost grows with max_length,
+    # prediction cost much less (length-sorted batches), and the encoder was pretrained on all its
+    # positions. None (bundles from before) = max_length; `positions` = the encoder's limit.
+    predict_max_length: int | None = None
+    positions: int | None = None
+
+    @property
+    def reads(self) -> int:
+        """Tokens per text read when predicting, special tokens included."""
+        return self.predict_max_length or self.max_length
 
     def save(self, folder: Path) -> None:
         from sentilora import __version__
@@ -489,7 +509,7 @@ def save_merged(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Pa
     model.config.id2label = dict(enumerate(manifest.label_names))
     model.config.label2id = {n: i for i, n in enumerate(manifest.label_names)}
     model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.model_max_length = manifest.max_length
+    tokenizer.model_max_length = manifest.reads  # a pipeline over this folder reads as far as sentilora does
     tokenizer.save_pretrained(str(folder))
     Manifest(**{**manifest.__dict__, "kind": "merged"}).save(folder)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sentilora import model as M
-from sentilora.errors import BundleError, DataError
+from sentilora.errors import BundleError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class Classifier:
         device: str = "auto",
         precision: str = "auto",
         backend: Any = None,
+        max_length: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.manifest = manifest
@@ -168,6 +169,19 @@ class Classifier:
             self.model, self.weights_cast = model, dtype != wanted
             backend = TorchBackend(model, device=dev, dtype=dtype)
         self.backend = backend
+        self.max_length = self._tokens_read(max_length)
+
+    def _tokens_read(self, asked: int | None) -> int:
+        """Tokens read per text: `asked`, else the bundle's prediction length; never past the encoder's limit."""
+        n = asked or self.manifest.reads
+        limit = self.manifest.positions
+        if limit is None and self.model is not None and hasattr(self.model, "config"):
+            limit = M.position_limit(self.model, self.tokenizer) if asked else None
+        if n < 8 or (limit and n > limit):
+            span = f"8 to {limit}" if limit else "at least 8"
+            raise ConfigError(f"--max-length {n}: this model reads {span} tokens per text "
+                              f"(it was trained with {self.manifest.max_length}); pick a length in that range.")
+        return n
 
     @classmethod
     def load(
@@ -178,11 +192,14 @@ class Classifier:
         precision: str = "auto",
         merge: bool = True,
         threads: int | None = None,
+        max_length: int | None = None,
     ) -> Classifier:
         """Load a run bundle, a merged model or an ONNX export.
 
         `precision` auto = bf16 where the hardware has it (CPU with AVX-512 BF16, GPUs), else fp32;
-        `merge` folds LoRA into the weights in memory (faster; the bundle on disk is unchanged).
+        `merge` folds LoRA into the weights in memory (faster; the bundle on disk is unchanged);
+        `max_length` = tokens read per text (default: the bundle's prediction length, see
+        `Manifest.reads`; texts are cut with the truncation the model was trained with).
         """
         path = Path(path)
         manifest = M.Manifest.read(path)
@@ -192,13 +209,14 @@ class Classifier:
             onnx_file = path / (manifest.export or {}).get("file", "model.onnx")
             if not onnx_file.is_file():
                 raise BundleError(f"{path}: {onnx_file.name} is missing; re-run `sentilora export`.")
-            return cls(None, AutoTokenizer.from_pretrained(str(path)), manifest, backend=OnnxBackend(onnx_file, threads=threads))
+            return cls(None, AutoTokenizer.from_pretrained(str(path)), manifest, backend=OnnxBackend(onnx_file, threads=threads),
+                       max_length=max_length)
         if threads:
             torch.set_num_threads(threads)
         model, tokenizer, manifest = M.load_bundle(path)
         if merge and manifest.kind == "adapter":
             model = model.merge_and_unload()
-        return cls(model, tokenizer, manifest, device=device, precision=precision)
+        return cls(model, tokenizer, manifest, device=device, precision=precision, max_length=max_length)
 
     @property
     def label_names(self) -> list[str]:
@@ -220,7 +238,7 @@ class Classifier:
             M.save_merged(self.model, self.tokenizer, self.manifest, path)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return M.encode(self.tokenizer, texts, max_length=self.manifest.max_length, truncation=self.manifest.truncation)
+        return M.encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.manifest.truncation)
 
     def logits(
         self,
@@ -240,7 +258,7 @@ class Classifier:
         raw = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         windows, owner = [], []
         for i, ids in enumerate(raw):
-            for w in chunk_windows(ids, prefix, suffix, self.manifest.max_length):
+            for w in chunk_windows(ids, prefix, suffix, self.max_length):
                 windows.append(w)
                 owner.append(i)
         win_logits = run_batches(self.backend, windows, **run)

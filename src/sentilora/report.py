@@ -287,8 +287,9 @@ def write_report(
     m_raw = compute_metrics(y, raw, n_classes=k, label_names=names)
     ci = bootstrap_ci(y, pred, n_classes=k, seed=seed)
     n_tok = token_counts(clf.tokenizer, texts)
-    truncated = n_tok > man.max_length
-    bucket, bucket_names = length_buckets(n_tok, man.max_length)
+    reads = clf.max_length  # what prediction read of each text (the bundle's prediction length unless overridden)
+    truncated = n_tok > reads
+    bucket, bucket_names = length_buckets(n_tok, reads)
     history, steps = _run_logs(run_dir)
     cal_info = _read_json(run_dir / CALIBRATION)
 
@@ -303,8 +304,8 @@ def write_report(
                           fig_scores(y, probs, names, man.threshold))
         figs["training"] = ("From the run's own history.json (per epoch) and train_log.jsonl (per step).",
                             fig_training(history, steps))
-        figs["length"] = (f"{truncated.mean():.1%} of texts are longer than max_length {man.max_length} and truncated "
-                          f"({man.truncation}).", fig_length(bucket, bucket_names, pred == y, man.max_length))
+        figs["length"] = (f"{truncated.mean():.1%} of texts are longer than the {reads} tokens read and truncated "
+                          f"({man.truncation}).", fig_length(bucket, bucket_names, pred == y, reads))
     images = {}
     for name, (_, fig) in figs.items():
         if fig is None:
@@ -381,7 +382,7 @@ def _page(s: dict[str, Any], clf: Classifier, texts: Sequence[str], y: np.ndarra
     parts = [f"<h1>Evaluation report — {esc(Path(s['run']).name)}</h1>",
              f'<p class="meta">Run <code>{esc(s["run"])}</code> · base model <code>{esc(man.base_model)}</code> · '
              f"data <code>{esc(s['data'])}</code> · {s['n']:,} texts · labels {', '.join(map(esc, names))} · "
-             f"max_length {man.max_length} ({esc(man.truncation)}) · temperature {man.temperature:.4f} · decision rule "
+             f"reads {clf.max_length} tokens (trained on {man.max_length}, {esc(man.truncation)}) · temperature {man.temperature:.4f} · decision rule "
              f"{rule} · generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by sentilora {esc(man.sentilora_version)}</p>"]
     if s.get("note"):
         parts.append(f'<p class="callout">{esc(s["note"])}</p>')
@@ -460,9 +461,9 @@ def _page(s: dict[str, Any], clf: Classifier, texts: Sequence[str], y: np.ndarra
     trunc = s["truncation"]
     parts += ["<h2>Error analysis</h2>", f"<h3>The {len(mistakes)} most confident mistakes</h3>"]
     mrow = [[esc(excerpt(texts[i])), esc(names[y[i]]), esc(names[pred[i]]), _f(probs[i, pred[i]], 3),
-             f"{n_tok[i]:,}" + (" ✂" if n_tok[i] > man.max_length else "")] for i in mistakes]
+             f"{n_tok[i]:,}" + (" ✂" if n_tok[i] > clf.max_length else "")] for i in mistakes]
     parts.append(_table(["text (excerpt)", "true", "predicted", "P(predicted)", "tokens"], mrow, cls="texts"))
-    parts.append(f'<p class="note">✂ = longer than max_length {man.max_length}: the model saw only part of it '
+    parts.append(f'<p class="note">✂ = longer than the {clf.max_length} tokens read: the model saw only part of it '
                  f"({esc(man.truncation)} truncation).</p>")
     parts.append("<h3>Errors in truncated and untruncated texts</h3>")
     trow = [[t["group"], f"{t['rows']:,}", f"{t['errors']:,}", _f(t["error_rate"]), f"{t['share_of_errors']:.1%}"] for t in trunc]

@@ -78,6 +78,7 @@ class ServeSettings:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
+    max_length: int | None = None  # tokens read per text; None = each bundle's prediction length
 
 
 # ---- models --------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ class Served:
     def info(self) -> dict[str, Any]:
         man = self.classifier.manifest
         return {"name": self.name, "path": self.path, "kind": self.kind, "base_model": man.base_model,
-                "labels": list(man.label_names), "max_length": man.max_length}
+                "labels": list(man.label_names), "max_length": self.classifier.max_length}
 
 
 def parse_model_args(args: Sequence[str]) -> dict[str, str]:
@@ -151,12 +152,13 @@ def load_models(specs: dict[str, str], settings: ServeSettings) -> dict[str, Ser
         for name in names:
             tok = tokenizer if name == first else _tokenizer(specs[name])
             backend = AdapterBackend(model, adapters[name], device=device, dtype=shared_dtype)
-            clf = Classifier(model, tok, manifests[name], backend=backend)
+            clf = Classifier(model, tok, manifests[name], backend=backend, max_length=settings.max_length)
             served[name] = Served(name, specs[name], "adapter (shared base)", clf)
         log.info("models %s share one copy of %s", ", ".join(names), man.base_model)
     for name, path in specs.items():
         if name not in served:
-            clf = Classifier.load(path, device=settings.device, precision=settings.precision, threads=settings.threads)
+            clf = Classifier.load(path, device=settings.device, precision=settings.precision, threads=settings.threads,
+                                  max_length=settings.max_length)
             served[name] = Served(name, path, manifests[name].kind, clf)
     return {name: served[name] for name in specs}  # in the order given; the first is the default
 

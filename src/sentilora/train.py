@@ -114,6 +114,7 @@ class _Setup:
     heads: list[str]
     targets: list[str]
     fingerprint: str
+    positions: int  # tokens the encoder takes per text
     enc: dict[str, list[list[int]]]
     prefix: FrozenPrefix | None
 
@@ -135,11 +136,15 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
                        heads=heads, top_layers=cfg.lora.layers)
     model.to(device)
+    positions = M.position_limit(base, tokenizer)
+    for flag, n in (("--model.max_length", cfg.model.max_length), ("--model.predict_max_length", cfg.model.predict_max_length)):
+        if n is not None and n > positions:
+            raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
     enc = {s: M.encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
     prefix = None
     if cfg.lora.layers is not None and t.cache_prefix and cfg.lora.layers < num_layers(model):
         prefix = FrozenPrefix(model, cfg.lora.layers)
-    return _Setup(device, dtype, data, tokenizer, model, heads, targets, fp, enc, prefix)
+    return _Setup(device, dtype, data, tokenizer, model, heads, targets, fp, positions, enc, prefix)
 
 
 def _open_run_dir(out_dir: Path, cfg: Config, *, resume: bool, world_size: int) -> Config:
@@ -217,6 +222,8 @@ def _train(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, progress: bo
         target_modules=setup.targets,
         max_length=cfg.model.max_length,
         truncation=cfg.model.truncation,
+        predict_max_length=cfg.model.predict_max_length or setup.positions,
+        positions=setup.positions,
     )
     n_trainable = sum(p.numel() for p in params)
     log.info("training %s params (%d trainable) on %s, %s", cfg.model.name, n_trainable, device, dtype or "fp32")
