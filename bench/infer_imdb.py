@@ -10,7 +10,7 @@ Protocol `reviews`: 2,000 reviews drawn (seed 7) from the 20k IMDB test split, s
     reading the bundle's prediction length: 512 tokens, head+tail, for a run trained by this version);
   - sentilora-256: the same at the 256-token training length (`--max-length 256`);
   - sentilora torch fp32 (the default without bf16), ONNX fp32, ONNX int8 (`sentilora export`:
-    fused attention/layer-norm graph; int8 exported with --min-agreement 0.98, see ensure_models),
+    fused attention/layer-norm graph; int8 exported with --min-agreement 0.97, see ensure_models),
     and ONNX int8 at 256 tokens.
 Each system runs in its own subprocess (honest peak RSS) after a short warm-up; reviews/s is over
 the 2,000 reviews. Accuracy is against the true labels, agreement against the reference's labels.
@@ -81,10 +81,10 @@ def ensure_models() -> None:
         if manifest.is_file() and "fused_operators" not in json.loads(manifest.read_text()).get("export", {}):
             subprocess.run(["rm", "-rf", str(folder)], check=True)  # made before exports were fused: redo
         if not manifest.is_file():
-            # int8 agrees with fp32 on ~98.5% of the parity texts for this model, under the default 99.5%
-            # gate; the bench lowers the gate to measure it and reports the agreement it reached.
+            # int8 agrees with fp32 on 97.5% of the parity texts for this model (read at 512 tokens), under
+            # the default 99.5% gate; the bench lowers the gate to measure it and reports the agreement reached.
             int8 = name.endswith("int8")
-            sh(EXE, "export", str(RUN), str(folder), "--quantize", "int8" if int8 else "none", "--min-agreement", "0.98" if int8 else "0.995")
+            sh(EXE, "export", str(RUN), str(folder), "--quantize", "int8" if int8 else "none", "--min-agreement", "0.97" if int8 else "0.995")
 
 
 def sample_reviews() -> tuple[list[str], list[int]]:

@@ -121,3 +121,13 @@ def test_preset_then_yaml_then_flags(tiny_models, dataset, tmp_path):
     assert saved["lora"]["layers"] == 1 and saved["model"]["max_length"] == 32  # flags over both
     bad = runner.invoke(app, ["train", "--preset", "turbo", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown preset; choose one of fast, accurate" in bad.output
+
+
+def test_predict_max_length(trained_run):
+    run = trained_run("bert")  # trained on 32 tokens; the tiny encoder takes 128
+    long = " ".join(["a good film with a weak ending"] * 40)
+    r = invoke("predict", run, long, "--json", "--max-length", "16")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["label"] in ("negative", "positive")
+    r = invoke("predict", run, long, "--max-length", "500")
+    assert r.exit_code == 2 and "--max-length 500: this model reads 8 to 128 tokens per text" in r.output

@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+MAX_LENGTH_HELP = ("Tokens read per text, cut with the truncation the model was trained with. Default: the bundle's "
+                   "prediction length (for runs trained by this version: all the encoder takes, e.g. 512; shorter is faster).")
 
 
 def _options_epilog() -> str:
@@ -76,7 +78,9 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             _quiet_libraries()
             return fn(*args, **kwargs)
         except SentiloraError as e:
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # keeps "sentilora[ray]" as typed
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted.[/]")
@@ -131,20 +135,34 @@ def train(
 
     Settings come from defaults, then --preset, then --config YAML, then flags like --lora.r 8
     --train.epochs 3. The resolved config is saved in the run folder.
+
+    On several GPUs or machines, start the same command with torchrun or accelerate launch
+    (torchrun --nproc_per_node 4 -m sentilora train ...): --train.batch_size is then per process
+    (a step takes processes x batch size texts), rank 0 alone writes --out, and --resume needs
+    the same number of processes.
     """
+    from sentilora.distributed import env_rank
     from sentilora.train import train as run_train
 
-    overrides = parse_overrides(list(ctx.args))
-    if model:
-        overrides["model.name"] = model
-    if data:
-        overrides["data.source"] = data
-    if resume and (overrides or config or preset):
-        raise SentiloraError("--resume continues with the run's saved config.yaml; drop the other settings.")
-    cfg = Config().override(preset_overrides(preset)) if preset else Config()
-    cfg = Config.from_yaml(config, base=cfg) if config else cfg
-    cfg = cfg.override(overrides)
-    result = run_train(cfg, out_dir, resume=resume, progress=not quiet)
+    main_process = env_rank() == 0
+    try:
+        overrides = parse_overrides(list(ctx.args))
+        if model:
+            overrides["model.name"] = model
+        if data:
+            overrides["data.source"] = data
+        if resume and (overrides or config or preset):
+            raise SentiloraError("--resume continues with the run's saved config.yaml; drop the other settings.")
+        cfg = Config().override(preset_overrides(preset)) if preset else Config()
+        cfg = Config.from_yaml(config, base=cfg) if config else cfg
+        cfg = cfg.override(overrides)
+        result = run_train(cfg, out_dir, resume=resume, progress=not quiet)
+    except SentiloraError:
+        if not main_process:  # under a launcher every process fails alike; rank 0 prints the one line
+            raise typer.Exit(2) from None
+        raise
+    if not main_process:
+        return
     best = result.best_metrics
     out.print(
         f"[green]done[/]: best epoch {result.best_epoch} — validation accuracy {best['accuracy']:.4f}, "
@@ -168,6 +186,7 @@ def evaluate(
     base_sample: Annotated[int, typer.Option("--base-sample", help="Rows (seeded subsample) the report scores the untuned base model on; 0 = none. --compare-base scores all.")] = 2000,
     report_note: Annotated[Optional[str], typer.Option("--report-note", help="A sentence shown under the report's title, e.g. where the calibration data came from.")] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it, as `predict` uses), fp32 or bf16.")] = "auto",
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
 ) -> None:
     """Score a trained run: accuracy, precision, recall, F1, ROC-AUC, log-loss, ECE, confusion matrix.
 
@@ -180,7 +199,7 @@ def evaluate(
         result = evaluate_run(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
                               compare_base=compare_base, batch_size=batch_size, output=output, progress=tick,
                               report=report or report_dir is not None, report_dir=report_dir, base_sample=base_sample,
-                              report_note=report_note, precision=precision)
+                              report_note=report_note, precision=precision, max_length=max_length)
     out.print(metrics_table(result))
     out.print(confusion_table(result))
     out.print(f"metrics written to {result['written_to']}")
@@ -225,16 +244,28 @@ def calibrate(
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run folder from `sentilora train`, or a `merge` or `export` folder.")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify (or use --input).")] = None,
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="File to score: .csv .tsv .json .jsonl .parquet .txt (one text per line).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the scored file: .csv .tsv .jsonl .json .parquet.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="File to score: .csv .tsv .json .jsonl .parquet .txt (one text per line). "
+                                                 "With --engine ray: a .csv .tsv .jsonl .parquet file or a folder of them, local or s3://...")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write the scored file: .csv .tsv .jsonl .json .parquet. "
+                                                  "With --engine ray: a new folder (local or s3://...) of Parquet files, one per chunk, whose names "
+                                                  "sort in row order; it appears only once complete (local: renamed from a temporary name; "
+                                                  "_SUCCESS is written last) and must not exist yet.")] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column of --input holding the text.")] = "text",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input job after its last finished chunk.")] = False,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows read, scored and written per chunk (bounds memory).")] = 10_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Most texts per forward pass (batches are also capped at 8,192 tokens).")] = 64,
     long_texts: Annotated[str, typer.Option("--long-texts", help="truncate: as in training; chunk: average overlapping windows over the whole text.")] = "truncate",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16; PyTorch models only.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores). With --engine ray: CPUs "
+                                                   "reserved by each actor and its torch threads (default 1).")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text instead of a table.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local: this process, streamed, resumable. ray: a pool of Ray actors on a "
+                                        "local Ray or a cluster (pip install 'sentilora\\[ray]'); adds row_id (0-based input order).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster to join, e.g. "
+                                                       "HEAD:6379 or ray://HEAD:10001 (default: $RAY_ADDRESS, else a local Ray).")] = None,
+    ray_actors: Annotated[Optional[str], typer.Option("--ray-actors", help="With --engine ray: actors, each loading the model once: "
+                                                      "N, or MIN-MAX to autoscale (default: the cluster's CPUs / --threads).")] = None,
 ) -> None:
     """Classify texts given on the command line, or every row of a file.
 
@@ -243,6 +274,8 @@ def predict(
     A scored file keeps every input row and column, in order, and adds pred_label, prob_<label> per
     class and error (why a row could not be scored: such rows are counted, not fatal). Files are
     streamed in chunks, each written atomically, so a killed job continues with --resume.
+    --engine ray scores a file or folder with Ray actors, locally or on a cluster, into a Parquet folder
+    with the same rows and columns plus row_id; --resume does not apply (a Ray job starts over).
     """
     from sentilora.predict import Classifier
 
@@ -254,7 +287,27 @@ def predict(
         raise SentiloraError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
     if precision not in ("auto", "fp32", "bf16"):
         raise SentiloraError(f"--precision must be auto, fp32 or bf16; got '{precision}'.")
-    clf = Classifier.load(run_dir, precision=precision, threads=threads)
+    if engine not in ("local", "ray"):
+        raise SentiloraError(f"--engine must be local or ray; got '{engine}'.")
+    if engine == "local" and (ray_address or ray_actors):
+        raise SentiloraError("--ray-address and --ray-actors need --engine ray.")
+    if engine == "ray":
+        if texts:
+            raise SentiloraError("--engine ray scores files: give --input and --output instead of texts.")
+        if resume:
+            raise SentiloraError("--resume belongs to the local engine; a Ray job starts over (Ray retries failed chunks "
+                                 "itself). Delete the partial output, if any, and run again without --resume.")
+        from sentilora.ray_engine import parse_actors, require_ray, score_file_ray
+
+        require_ray()
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-stage INFO lines; warnings still show
+        res = score_file_ray(run_dir, input, output, text_column=text_column, chunk_rows=chunk_rows,  # type: ignore[arg-type]
+                             batch_size=batch_size, long_texts=long_texts, precision=precision, threads=threads,
+                             max_length=max_length, actors=parse_actors(ray_actors), address=ray_address, progress=err.is_terminal)
+        bad = f"; {res.bad_rows} rows could not be scored (see the error column)" if res.bad_rows else ""
+        out.print(f"scored {res.rows} rows -> {output} ({res.chunks} Parquet file{'s' * (res.chunks != 1)} in row order){bad}")
+        return
+    clf = Classifier.load(run_dir, precision=precision, threads=threads, max_length=max_length)
     if input:
         from sentilora.scoring import count_rows, score_file
 
@@ -350,6 +403,7 @@ def serve(
     no_batching: Annotated[bool, typer.Option("--no-batching", help="One request per model call (for comparison).")] = False,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where supported), fp32 or bf16.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the model.")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: POST /v1/classify, GET /v1/models, /healthz, /readyz, /metrics, a web page at /.
@@ -362,7 +416,8 @@ def serve(
 
     settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
                              queue_texts=queue_texts, timeout_s=timeout, batching=not no_batching,
-                             max_wait_ms=max_wait_ms, max_tokens=max_tokens, precision=precision, threads=threads)
+                             max_wait_ms=max_wait_ms, max_tokens=max_tokens, precision=precision, threads=threads,
+                             max_length=max_length)
     specs = parse_model_args(models)
     from sentilora.model import Manifest
 

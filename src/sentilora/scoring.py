@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,31 +170,43 @@ def _join(parts: list[Path], output: Path) -> None:
 def _signature(clf: Classifier, input_path: Path, text_column: str, chunk_rows: int, long_texts: str) -> str:
     st = input_path.stat()
     key = json.dumps([str(input_path.resolve()), st.st_size, st.st_mtime_ns, text_column, chunk_rows, long_texts,
-                      clf.manifest.__dict__], sort_keys=True, default=str)
+                      clf.max_length, clf.manifest.__dict__], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def score_chunk(clf: Classifier, df: pd.DataFrame, text_column: str, *, batch_size: int, long_texts: LongTexts,
-                progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, int]:
-    """The chunk with prediction columns added; unusable rows get an `error` and no prediction."""
-    texts = df[text_column].tolist()
+def prediction_columns(clf: Classifier, texts: Sequence[Any], *, batch_size: int,
+                       long_texts: LongTexts) -> tuple[dict[str, list[Any] | np.ndarray], int]:
+    """`pred_label`, `prob_<label>` per class and `error` for `texts`, and the number of unusable rows.
+
+    The one place a scored row is made: the local engine (`score_chunk`) and the Ray engine's actors call it.
+    Unusable rows get an `error` and no prediction (None / NaN); usable rows get an empty `error`.
+    """
     errors = [text_problem(t) or "" for t in texts]
     ok = [i for i, e in enumerate(errors) if not e]
-    probs = np.full((len(df), len(clf.label_names)), np.nan, dtype=np.float64)
-    labels: list[str | None] = [None] * len(df)
+    probs = np.full((len(texts), len(clf.label_names)), np.nan, dtype=np.float64)
+    labels: list[str | None] = [None] * len(texts)
     if ok:
         p = clf.predict_proba([texts[i] for i in ok], batch_size=batch_size, long_texts=long_texts)
         probs[ok] = p
         for i, name in zip(ok, clf.decide(p)):
             labels[i] = name
-    out = df.copy()
-    out["pred_label"] = labels
+    columns: dict[str, list[Any] | np.ndarray] = {"pred_label": labels}
     for j, name in enumerate(clf.label_names):
-        out[f"prob_{name}"] = probs[:, j]
-    out["error"] = errors
+        columns[f"prob_{name}"] = probs[:, j]
+    columns["error"] = errors
+    return columns, len(texts) - len(ok)
+
+
+def score_chunk(clf: Classifier, df: pd.DataFrame, text_column: str, *, batch_size: int, long_texts: LongTexts,
+                progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, int]:
+    """The chunk with prediction columns added; unusable rows get an `error` and no prediction."""
+    columns, bad = prediction_columns(clf, df[text_column].tolist(), batch_size=batch_size, long_texts=long_texts)
+    out = df.copy()
+    for name, values in columns.items():
+        out[name] = values
     if progress is not None:
         progress(len(df))
-    return out, len(df) - len(ok)
+    return out, bad
 
 
 def score_file(
