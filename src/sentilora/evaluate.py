@@ -199,7 +199,7 @@ def evaluate_run(
             rng = np.random.default_rng(run_cfg.data.seed)
             base_rows = np.sort(rng.choice(len(y), size=base_sample, replace=False))
         log.info("scoring %d texts with the untuned base model", len(base_rows))
-        base = base_classifier(clf.manifest, seed=run_cfg.train.seed)
+        base = base_classifier(clf.manifest, seed=run_cfg.train.seed, max_length=clf.max_length)
         base_probs = base.predict_proba([part.texts[i] for i in base_rows], batch_size=bs, progress=progress)
         if compare_base:
             result["base_metrics"] = compute_metrics(y, base_probs, n_classes=k, label_names=clf.label_names)
@@ -217,8 +217,8 @@ def evaluate_run(
     return result
 
 
-def base_classifier(manifest: Any, *, seed: int) -> Any:
-    """The untuned base model with a freshly initialised head (seeded): the 'before' picture."""
+def base_classifier(manifest: Any, *, seed: int, max_length: int | None = None) -> Any:
+    """The untuned base model with a freshly initialised head (seeded): the 'before' picture, reading what the tuned model reads."""
     import torch
 
     from sentilora import model as M
@@ -228,7 +228,8 @@ def base_classifier(manifest: Any, *, seed: int) -> Any:
     base, _ = M.load_base_model(manifest.base_model, manifest.label_names, revision=manifest.base_revision)
     tokenizer = M.load_tokenizer(manifest.base_model, revision=manifest.base_revision)
     # the base model is never calibrated: the bundle's temperature and threshold belong to the tuned head
-    return Classifier(base, tokenizer, dataclasses.replace(manifest, kind="base", temperature=1.0, threshold=None))
+    return Classifier(base, tokenizer, dataclasses.replace(manifest, kind="base", temperature=1.0, threshold=None),
+                      max_length=max_length)
 
 
 def metrics_table(result: dict[str, Any]) -> Any:
