@@ -10,6 +10,7 @@ pass-through and the run is exactly the one-process run.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -221,7 +222,10 @@ def training_device(device: torch.device, d: Dist) -> torch.device:
 def process_group() -> Iterator[Dist]:
     """Join the training processes the launcher started (see the module docstring); leave on exit.
 
-    An existing process group (a script that set one up itself) is used as it is and left open.
+    An existing process group (a script that set one up itself, or an earlier run in this process) is
+    used as it is. A group started here stays up for the life of the process and is torn down at exit:
+    creating the default group a second time in one process (a script that calls train() twice under
+    torchrun) can leave the new group's first collective waiting forever on gloo.
     """
     world = _env_int(_WORLD, 1)
     rank, local_rank = env_rank(), _env_int(_LOCAL, 0)
@@ -233,8 +237,7 @@ def process_group() -> Iterator[Dist]:
         yield Dist()
         return
     dist = torch.distributed
-    created = not dist.is_initialized()
-    if created:
+    if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # mpirun sets ranks but no rendezvous address
         os.environ.setdefault("MASTER_PORT", "29500")
         # One group, two transports: CPU tensors and pickled objects (configs, metrics, logits) go over
@@ -242,6 +245,7 @@ def process_group() -> Iterator[Dist]:
         # (on resume it comes from the run folder, through this group), so both are set up.
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        atexit.register(_leave)
     # The other processes log warnings and errors only: rank 0 speaks for the run.
     quiet = logging.getLogger("sentilora")
     level = quiet.level
@@ -249,7 +253,13 @@ def process_group() -> Iterator[Dist]:
         quiet.setLevel(logging.WARNING)
     try:
         yield Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+        # Finish together: no process goes on (or exits and tears its connections down) while another
+        # is still in the run (rank 0 writing the bundle).
+        dist.barrier()
     finally:
         quiet.setLevel(level)
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def _leave() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
