@@ -322,7 +322,7 @@ def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation:
     return out
 
 
-def position_limit(model: nn.Module, tokenizer: Any) -> int:
+def position_limit(model: nn.Module, tokenizer: Any = None) -> int:
     """Tokens the encoder can take in one text: its position embeddings, or less if its tokenizer says so."""
     config = model.config
     n = getattr(config, "max_position_embeddings", None) or 512

@@ -176,7 +176,8 @@ class Classifier:
         n = asked or self.manifest.reads
         limit = self.manifest.positions
         if limit is None and self.model is not None and hasattr(self.model, "config"):
-            limit = M.position_limit(self.model, self.tokenizer) if asked else None
+            # (not the tokenizer: older merged folders saved it with the training length)
+            limit = M.position_limit(self.model) if asked else None
         if n < 8 or (limit and n > limit):
             span = f"8 to {limit}" if limit else "at least 8"
             raise ConfigError(f"--max-length {n}: this model reads {span} tokens per text "
