@@ -175,9 +175,10 @@ class Classifier:
         """Tokens read per text: `asked`, else the bundle's prediction length; never past the encoder's limit."""
         n = asked or self.manifest.reads
         limit = self.manifest.positions
-        if limit is None and self.model is not None and hasattr(self.model, "config"):
-            # (not the tokenizer: older merged folders saved it with the training length)
-            limit = M.position_limit(self.model) if asked else None
+        if limit is None and asked and self.model is not None and hasattr(self.model, "config"):
+            # A bundle from before `positions`: ask the encoder (not the tokenizer: older merged
+            # folders saved it with the training length).
+            limit = M.position_limit(self.model)
         if n < 8 or (limit and n > limit):
             span = f"8 to {limit}" if limit else "at least 8"
             raise ConfigError(f"--max-length {n}: this model reads {span} tokens per text "
