@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sentilora import Classifier
-from sentilora.calibrate import (
+from sentilora.calibration import (
     calibrated_probs,
     choose_threshold,
     decide,
@@ -21,8 +21,9 @@ from sentilora.calibrate import (
 )
 from sentilora.cli import app
 from sentilora.errors import BundleError, ConfigError
-from sentilora.evaluate import compute_metrics, evaluate_run, expected_calibration_error
-from sentilora.model import Manifest, merge_bundle
+from sentilora.bundle import Manifest, merge_bundle
+from sentilora.evaluate import evaluate_run
+from sentilora.metrics import compute_metrics, expected_calibration_error
 
 TEXTS = ["The movie was great and wonderful.", "Awful, boring, the worst plot.", "It was okay, fine.", "film",
          "Dull and bad but the actor was good.", "Loved it, superb story.", "The plot was very plain.", "worst film"]

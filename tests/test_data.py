@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from sentilora.config import DataConfig
-from sentilora.data import IMDB_SAMPLE, LabeledData, load_data, read_table, sample_dir, write_table
+from sentilora.data import IMDB_SAMPLE, LabeledData, load_data, sample_dir
+from sentilora.tables import read_table, write_table
 from sentilora.errors import DataError
 
 TABLE_FORMATS = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sentilora.evaluate import compute_metrics
+from sentilora.metrics import compute_metrics
 
 
 def test_binary_metrics_match_hand_counts():

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from sentilora import model as M
+from sentilora.batching import collate
+from sentilora.tokens import encode
 from sentilora.errors import ModelLoadError
 
 
@@ -44,7 +46,7 @@ def test_encode_truncation(tiny_models, truncation):
     tok = M.load_tokenizer(str(tiny_models["bert"]))
     words = [f"{w}" for w in ("good bad " * 30).split()]
     words[0], words[-1] = "movie", "plot"
-    ids = M.encode(tok, [" ".join(words), "great"], max_length=16, truncation=truncation)
+    ids = encode(tok, [" ".join(words), "great"], max_length=16, truncation=truncation)
     long, short = ids
     assert len(long) == 16 and len(short) == 3
     assert long[0] == tok.cls_token_id and long[-1] == tok.sep_token_id
@@ -54,7 +56,7 @@ def test_encode_truncation(tiny_models, truncation):
 
 
 def test_collate_pads_dynamically():
-    batch = M.collate([[5, 6, 7], [8]], pad_id=0)
+    batch = collate([[5, 6, 7], [8]], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 

@@ -5,7 +5,8 @@ import pytest
 
 from sentilora import Classifier
 from sentilora.errors import BundleError, DataError
-from sentilora.predict import chunk_windows, length_sorted_batches
+from sentilora.batching import length_sorted_batches
+from sentilora.tokens import chunk_windows
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import torch
 from conftest import tiny_config
 
 from sentilora import model as M
+from sentilora.batching import collate
+from sentilora.tokens import encode
 from sentilora.errors import ConfigError
 from sentilora.evaluate import evaluate_run
 from sentilora.prefix import FrozenPrefix
@@ -53,11 +55,11 @@ def test_cached_forward_matches_full_model(tiny_model):
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     tok = M.load_tokenizer(str(tiny_model))
-    ids = M.encode(tok, TEXTS, max_length=32, truncation="head_tail")
+    ids = encode(tok, TEXTS, max_length=32, truncation="head_tail")
     prefix = FrozenPrefix(model, 1)
     hidden = prefix.compute(ids, pad_id=0, device=torch.device("cpu"), dtype=None)
     assert [h.shape[0] for h in hidden] == [len(s) for s in ids] and hidden[0].dtype == torch.bfloat16
-    batch = M.collate(ids, 0)
+    batch = collate(ids, 0)
     with torch.no_grad():
         full = model(**batch).logits
         cached = prefix.forward(hidden, batch)

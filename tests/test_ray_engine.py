@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sentilora import ray_engine
 from sentilora.cli import app
-from sentilora.data import write_table
+from sentilora.tables import write_table
 from sentilora.errors import DataError, SentiloraError
 from sentilora.predict import Classifier
 from sentilora.ray_engine import chunk_plan, parse_actors, score_file_ray

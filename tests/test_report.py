@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from sentilora.calibrate import calibrate_run
 from sentilora.cli import app
 from sentilora.evaluate import evaluate_run
+from sentilora.metrics import bootstrap_ci
 from sentilora.report import (
-    bootstrap_ci,
     confident_mistakes,
     excerpt,
     length_buckets,

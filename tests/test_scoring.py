@@ -8,7 +8,7 @@ import pytest
 
 from sentilora import Classifier
 from sentilora import scoring
-from sentilora.data import read_table, write_table
+from sentilora.tables import read_table, write_table
 from sentilora.errors import DataError
 from sentilora.scoring import score_file
 

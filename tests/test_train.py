@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from sentilora import Classifier
 from sentilora.evaluate import evaluate_run
-from sentilora.model import merge_bundle
+from sentilora.bundle import merge_bundle
 from sentilora.train import epoch_batches, train
 
 BUNDLE_FILES = {

@@ -376,7 +376,7 @@ def merge(
     The result loads with plain AutoModelForSequenceClassification.from_pretrained(OUT_DIR) and
     AutoTokenizer.from_pretrained(OUT_DIR), with the real label names, and with Classifier.load.
     """
-    from sentilora.model import merge_bundle
+    from sentilora.bundle import merge_bundle
 
     path = merge_bundle(run_dir, out_dir)
     out.print(f"merged model written to {path}")
@@ -419,7 +419,7 @@ def serve(
                              max_wait_ms=max_wait_ms, max_tokens=max_tokens, precision=precision, threads=threads,
                              max_length=max_length)
     specs = parse_model_args(models)
-    from sentilora.model import Manifest
+    from sentilora.bundle import Manifest
 
     for path in specs.values():
         Manifest.read(path)  # a bad path fails here, before anything says "serving"

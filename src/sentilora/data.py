@@ -7,10 +7,7 @@ Face hub dataset. Bad input raises `DataError` with one line naming file, row, c
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +18,15 @@ import pandas as pd
 
 from sentilora.config import DataConfig
 from sentilora.errors import DataError
+from sentilora.files import first_line
+from sentilora.tables import FORMATS, decode_text, is_missing, read_table, table_format, text_problem
 
 log = logging.getLogger(__name__)
 
 IMDB_SAMPLE = "imdb-sample"
 SPLITS = ("train", "validation", "test")
-FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
 _FILE_LIKE = (*FORMATS, ".xlsx", ".xls", ".gz", ".zip", ".arrow", ".feather", ".ndjson", ".pkl")
 _MISSING_WORDS = {"na", "n/a", "nan", "null", "none"}  # label cells that mean "no label"
-# Only truly empty cells are missing: a text "NA" or "null" stays text. Shared with scoring's chunked reader.
-CSV_OPTIONS: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
 
 
 @dataclass
@@ -53,146 +49,6 @@ class LabeledData:
 def sample_dir() -> Path:
     """Folder of the bundled IMDB sample (train.parquet, test.parquet, README.md)."""
     return Path(__file__).parent / "resources" / "imdb_sample"
-
-
-# ---- tables: read and write any supported format ----------------------------------------------
-
-
-def _format(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext not in FORMATS:
-        raise DataError(f"{path}: unsupported file type '{path.suffix or '(none)'}'. Use one of {', '.join(FORMATS)}.")
-    return ext
-
-
-def _decode(path: Path, raw: bytes) -> str:
-    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # Excel writes a UTF-8 byte order mark
-    try:
-        return raw[bom:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        at = e.start + bom
-        line = raw[:at].count(b"\n") + 1
-        raise DataError(
-            f"{path}: not valid UTF-8 (byte 0x{raw[at]:02x} at offset {at}, line {line}). Re-save the file as UTF-8."
-        ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def _json_records(path: Path, text: str, lines: bool) -> list[Any]:
-    if not lines:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            if text.lstrip().startswith("["):
-                raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
-            return _json_records(path, text, lines=True)  # a .json file holding JSON lines
-        if isinstance(obj, dict) and obj and all(isinstance(v, (list, dict)) for v in obj.values()):
-            return pd.DataFrame(obj).reset_index(drop=True).to_dict(orient="records")  # column-oriented
-        if isinstance(obj, dict):
-            return [obj]  # one record
-        if not isinstance(obj, list):
-            raise DataError(f"{path}: expected an array of records ([{{...}}, ...]) or JSON lines.")
-        return obj
-    out = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path} line {n}: not valid JSON ({e.msg}, column {e.colno}). "
-                    "A JSON lines file holds one object per line."
-                ) from None
-    return out
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV/TSV/JSON/JSONL/Parquet/TXT file: all columns kept, row order kept."""
-    path = Path(path)
-    ext = _format(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found. Check the path.")
-    empty = DataError(f"{path}: the file is empty. Give a file with a header and data rows.")
-    if ext == ".parquet":
-        if path.stat().st_size == 0:
-            raise empty
-        try:
-            return pd.read_parquet(path)
-        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-            raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}). Re-export it.") from None
-    text = _decode(path, path.read_bytes())
-    if not text.strip():
-        raise empty
-    if ext == ".txt":
-        lines = text.split("\n")
-        if lines[-1] == "":
-            lines.pop()  # the final newline ends the last line; it does not start a new one
-        return pd.DataFrame({"text": [s.removesuffix("\r") for s in lines]}, dtype=object)
-    if ext in (".csv", ".tsv"):
-        import io
-
-        try:
-            return pd.read_csv(io.StringIO(text), sep="\t" if ext == ".tsv" else ",", **CSV_OPTIONS)
-        except (pd.errors.ParserError, ValueError) as e:
-            raise DataError(
-                f"{path}: could not parse as {ext[1:].upper()} ({_first_line(e)}). "
-                "Check the delimiter and quoting (.csv: comma-separated, .tsv: tab-separated)."
-            ) from None
-    records = _json_records(path, text, lines=ext == ".jsonl")
-    for n, r in enumerate(records, 1):
-        if not isinstance(r, dict):
-            raise DataError(
-                f'{path} row {n}: expected an object like {{"text": ..., "label": ...}}, '
-                f"got {type(r).__name__}. Write one object per record."
-            )
-    return pd.DataFrame(records)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)  # timestamps and the like
-
-
-def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    """Write ``df`` in the format its extension names, atomically (temp file, then rename)."""
-    path = Path(path)
-    ext = _format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if ext in (".csv", ".tsv"):
-            df.to_csv(tmp, sep="\t" if ext == ".tsv" else ",", index=False, lineterminator="\n")
-        elif ext == ".parquet":
-            df.to_parquet(tmp, index=False)
-        elif ext == ".txt":
-            if df.shape[1] != 1:
-                raise DataError(
-                    f"{path}: a .txt file holds one column (one text per line), but the table "
-                    f"has {df.shape[1]}: {', '.join(map(str, df.columns))}. Write .csv, .tsv, "
-                    ".jsonl or .parquet instead."
-                )
-            values = ["" if _is_missing(v) else str(v) for v in df.iloc[:, 0].tolist()]
-            bad = [i for i, v in enumerate(values) if "\n" in v or "\r" in v]
-            if bad:
-                raise DataError(
-                    f"{path} row {bad[0] + 1}: the value holds a line break, which a .txt file "
-                    "(one text per line) cannot store. Write .csv, .jsonl or .parquet instead."
-                )
-            tmp.write_text("".join(v + "\n" for v in values), encoding="utf-8")
-        else:
-            records = [{k: None if _is_missing(v) else v for k, v in r.items()} for r in df.to_dict("records")]
-            dump = [json.dumps(r, ensure_ascii=False, default=_jsonable) for r in records]
-            body = "".join(d + "\n" for d in dump) if ext == ".jsonl" else "[\n" + ",\n".join(dump) + "\n]\n"
-            tmp.write_text(body, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- sources: which splits exist and how to read each -------------------------------------------
@@ -226,7 +82,7 @@ def _acl_table(split_dir: Path, cfg: DataConfig) -> _Table:
     texts, labels, files = [], [], []
     for cls in sorted(_class_dirs(split_dir)):
         for f in sorted(cls.glob("*.txt")):
-            texts.append(_decode(f, f.read_bytes()))
+            texts.append(decode_text(f, f.read_bytes()))
             labels.append(cls.name)
             files.append(str(f))
     df = pd.DataFrame({cfg.text_column: texts, cfg.label_column: labels}, dtype=object)
@@ -251,7 +107,7 @@ def _resolve(cfg: DataConfig) -> _Source:
         return _local(src, loaders, class_names=["negative", "positive"])
     path = Path(src).expanduser()
     if path.is_file():
-        _format(path)
+        table_format(path)
         return _local(src, {cfg.train_split: lambda: _file_table(path)}, single_file=True)
     if path.is_dir():
         split_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and _class_dirs(d)]
@@ -285,7 +141,7 @@ def _hub_source(cfg: DataConfig) -> _Source:
                 raise DataError(
                     f"could not load dataset '{cfg.source}' from the Hugging Face hub (no network or not "
                     "cached). Offline, use --data.source imdb-sample or a local file (CSV/JSONL/Parquet). "
-                    f"Cause: {type(e).__name__}: {_first_line(e)}"
+                    f"Cause: {type(e).__name__}: {first_line(e)}"
                 ) from e
         return cache["dd"]
 
@@ -311,23 +167,18 @@ def _get(source: _Source, name: str, flag: str, fix: str) -> _Table:
 # ---- validation: texts and raw labels, one split at a time ---------------------------------------
 
 
-def _is_missing(v: Any) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v))
-
-
 def _text_problem(v: Any) -> str | None:
-    if _is_missing(v) or (isinstance(v, str) and not v.strip()):
+    problem = text_problem(v)
+    if problem is None:
+        return None
+    if problem == "empty text":
         return "empty text. Remove the row or fill it in."
-    if not isinstance(v, str):
-        return (
-            f"expected text, got {type(v).__name__} {v!r}. Point --data.text_column at the column that holds the texts."
-        )
-    return None
+    return f"{problem}. Point --data.text_column at the column that holds the texts."
 
 
 def _label_value(v: Any) -> int | str | None:
     """The label as int or str; None if missing. Raises ValueError with the problem."""
-    if _is_missing(v) or (isinstance(v, str) and v.strip().lower() in _MISSING_WORDS | {""}):
+    if is_missing(v) or (isinstance(v, str) and v.strip().lower() in _MISSING_WORDS | {""}):
         return None
     if isinstance(v, (bool, np.bool_, int, np.integer)):
         v = int(v)
@@ -538,7 +389,7 @@ def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: lis
 
 def _test_path(test_file: str) -> Path:
     path = Path(test_file).expanduser()
-    _format(path)
+    table_format(path)
     if not path.is_file():
         raise DataError(f"{test_file}: file not found. Check the path passed to --data.test_file.")
     return path
@@ -555,7 +406,7 @@ def _carve(train: Split, cfg: DataConfig, names: list[str]) -> tuple[Split, Spli
         counts = {names[c]: train.labels.count(c) for c in sorted(set(train.labels))}
         raise DataError(
             f"{train.origin}: cannot carve a stratified --data.val_fraction {cfg.val_fraction} from "
-            f"{len(idx)} train rows (rows per class: {counts}; {_first_line(e)}). Add rows, raise "
+            f"{len(idx)} train rows (rows per class: {counts}; {first_line(e)}). Add rows, raise "
             "--data.val_fraction, or name a split with --data.validation_split."
         ) from None
 

@@ -19,3 +19,7 @@ class ModelLoadError(SentiloraError, OSError):
 
 class BundleError(SentiloraError, ValueError):
     """A run bundle is missing files or does not match its base model."""
+
+
+class OutputError(SentiloraError, ValueError):
+    """An output path is taken (a non-empty folder, a file where a folder belongs) or damaged."""

@@ -3,99 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from sentilora import model as M
+from sentilora.bundle import Manifest
+from sentilora.calibration import calibrated_probs, decide
 from sentilora.config import Config, DataConfig
+from sentilora.data import Split, load_data
 from sentilora.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from sentilora.data import Split
+from sentilora.files import atomic_write_json
+from sentilora.metrics import compute_metrics
+from sentilora.predict import Classifier
+from sentilora.report import write_report
 
 log = logging.getLogger(__name__)
-
-
-ECE_BINS = 15
-
-
-def reliability_bins(y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
-    """Top-label confidence in equal-width bins over [0, 1]: count, mean confidence and accuracy per bin."""
-    y_true = np.asarray(y_true)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
-    # bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 joins the first bin
-    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(b, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / count
-        accuracy = np.bincount(b, weights=correct, minlength=n_bins) / count
-    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "count": count, "confidence": mean_conf, "accuracy": accuracy}
-
-
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = ECE_BINS) -> float:
-    """ECE (Guo et al. 2017): |accuracy - mean confidence| per equal-width confidence bin, weighted by rows.
-
-    Uses the top-label (argmax) confidence and 15 bins over [0, 1], the usual setting; 0 is perfect.
-    scikit-learn has no ECE, hence this function.
-    """
-    r = reliability_bins(y_true, probs, n_bins=n_bins)
-    used = r["count"] > 0
-    gaps = np.abs(r["accuracy"][used] - r["confidence"][used])
-    return float((gaps * r["count"][used]).sum() / max(int(r["count"].sum()), 1))
-
-
-def compute_metrics(
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    *,
-    n_classes: int,
-    label_names: list[str] | None = None,
-    y_pred: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Accuracy, precision, recall, F1, ROC-AUC, log-loss, ECE and the confusion matrix.
-
-    Binary tasks report precision/recall/F1 of class 1; multi-class tasks report macro averages
-    plus a per-class breakdown. `y_pred` defaults to the argmax of `probs` (pass
-    `calibrate.decide(...)` to apply a stored threshold); log-loss, ROC-AUC and ECE use `probs`.
-    """
-    from sklearn import metrics as skm
-
-    y_true = np.asarray(y_true)
-    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
-    labels = list(range(n_classes))
-    binary = n_classes == 2
-    avg = "binary" if binary else "macro"
-    p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=None if binary else labels, average=avg, zero_division=0)
-    out: dict[str, Any] = {
-        "n": int(len(y_true)),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "precision": float(p),
-        "recall": float(r),
-        "f1": float(f),
-        "loss": float(skm.log_loss(y_true, np.clip(probs, 1e-7, 1.0), labels=labels)),
-        "ece": expected_calibration_error(y_true, probs),
-    }
-    present = set(np.unique(y_true).tolist())
-    if len(present) == n_classes:
-        out["roc_auc"] = float(
-            skm.roc_auc_score(y_true, probs[:, 1]) if binary else skm.roc_auc_score(y_true, probs, multi_class="ovr", labels=labels)
-        )
-    else:
-        out["roc_auc"] = None  # undefined when some class is absent from the data
-    out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
-    if not binary:
-        names = label_names or [str(i) for i in labels]
-        pc, rc, fc, sc = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-        out["per_class"] = {
-            names[i]: {"precision": float(pc[i]), "recall": float(rc[i]), "f1": float(fc[i]), "support": int(sc[i])}
-            for i in labels
-        }
-    return out
 
 
 def eval_data_config(run_cfg: Config, *, data: str | None, split: str, text_column: str | None, label_column: str | None) -> tuple[DataConfig, str]:
@@ -126,10 +52,6 @@ def load_eval_split(
     max_length: int | None = None,
 ) -> tuple[Any, Split, Config]:
     """A run's Classifier, the labelled split to score it on (its own data unless `data` is set), its config."""
-    from sentilora.data import load_data
-    from sentilora.model import Manifest
-    from sentilora.predict import Classifier
-
     run_dir = Path(run_dir)
     Manifest.read(run_dir)  # a clear error before anything slow
     cfg_path = run_dir / "config.yaml"
@@ -167,9 +89,6 @@ def evaluate_run(
     the report's before/after scores the base model on a seeded subsample of `base_sample` rows
     (all rows with `compare_base`; 0 = no base model). `report_note` is printed under its title.
     """
-    from sentilora.calibrate import calibrated_probs, decide
-    from sentilora.model import atomic_write_text
-
     if base_sample < 0:
         raise ConfigError("--base-sample must be 0 (no base model) or more, e.g. 2000.")
     run_dir = Path(run_dir)
@@ -204,15 +123,13 @@ def evaluate_run(
         if compare_base:
             result["base_metrics"] = compute_metrics(y, base_probs, n_classes=k, label_names=clf.label_names)
     if report:
-        from sentilora.report import write_report
-
         folder = Path(report_dir) if report_dir else run_dir / "report"
         path = write_report(folder, run_dir=run_dir, clf=clf, data_origin=part.origin, texts=part.texts, labels=y,
                             logits=logits, base_rows=base_rows, base_probs=base_probs, seed=run_cfg.data.seed,
                             note=report_note)
         result["report"] = str(path)
     out = Path(output) if output else run_dir / "metrics.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     result["written_to"] = str(out)
     return result
 
@@ -220,9 +137,6 @@ def evaluate_run(
 def base_classifier(manifest: Any, *, seed: int, max_length: int | None = None) -> Any:
     """The untuned base model with a freshly initialised head (seeded): the 'before' picture, reading what the tuned model reads."""
     import torch
-
-    from sentilora import model as M
-    from sentilora.predict import Classifier
 
     torch.manual_seed(seed)
     base, _ = M.load_base_model(manifest.base_model, manifest.label_names, revision=manifest.base_revision)

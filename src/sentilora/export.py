@@ -6,10 +6,7 @@ export fails, leaving nothing behind, when the labels agree on fewer than `min_a
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +15,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sentilora import model as M
+from sentilora.bundle import Manifest
+from sentilora.data import sample_dir
 from sentilora.errors import BundleError, SentiloraError
+from sentilora.files import atomic_write_json, check_new_folder, new_folder
+from sentilora.predict import Classifier
+from sentilora.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ class ExportError(SentiloraError):
 
 def parity_texts(n: int = PARITY_TEXTS) -> list[str]:
     """A fixed, varied set of texts: real reviews from the bundled IMDB test sample, long and short."""
-    from sentilora.data import read_table, sample_dir
-
     texts = read_table(sample_dir() / "test.parquet")["text"].tolist()[: n - n // 4]
     # Short texts too: first sentences, so both padding-heavy and full-length batches are checked.
     return texts + [t.split(".")[0][:150] or t[:150] for t in texts[: n // 4]]
@@ -121,17 +120,13 @@ def export_onnx(
         import onnxruntime  # noqa: F401
     except ImportError:
         raise BundleError("ONNX export needs onnx and onnxruntime: pip install 'sentilora[onnx]'.") from None
-    from sentilora.predict import Classifier
 
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise BundleError(f"{out}: folder exists and is not empty. Choose a new output folder or remove it.")
+    hint = "choose a new output folder or remove it"
+    check_new_folder(out, hint=hint)  # before the slow part
     reference = Classifier.load(run_dir, device="cpu", precision="fp32", merge=True)
     model = reference.model
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with new_folder(out, hint=hint) as tmp:
         raw, fp32 = tmp / "model.raw.onnx", tmp / "model.fp32.onnx"
         log.info("exporting %s to ONNX (opset %d)", run_dir, OPSET)
         _export_graph(model, reference.tokenizer, raw)
@@ -150,24 +145,19 @@ def export_onnx(
         reference.tokenizer.save_pretrained(str(tmp))
         export_info = {"file": "model.onnx", "format": "onnx", "quantize": quantize, "opset": OPSET, "source": str(run_dir),
                        "fused_operators": fused or {}}
-        M.Manifest(**{**reference.manifest.__dict__, "kind": "onnx", "export": export_info}).save(tmp)
+        Manifest(**{**reference.manifest.__dict__, "kind": "onnx", "export": export_info}).save(tmp)
 
         exported = Classifier.load(tmp)
         check = parity(reference, exported, list(texts) if texts is not None else parity_texts())
         check["min_agreement"] = min_agreement
         check["passed"] = check["label_agreement"] >= min_agreement
         export_info["parity"] = check
-        M.Manifest(**{**exported.manifest.__dict__, "export": export_info}).save(tmp)
-        M.atomic_write_text(tmp / "parity.json", json.dumps(check, indent=2) + "\n")
+        Manifest(**{**exported.manifest.__dict__, "export": export_info}).save(tmp)
+        atomic_write_json(tmp / "parity.json", check)
         if not check["passed"]:
             raise ExportError(
                 f"export disagrees with the PyTorch model on {1 - check['label_agreement']:.1%} of {check['texts']} texts "
                 f"(needs >= {min_agreement:.1%} agreement); nothing was written. Try --quantize none."
             )
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("parity: %.2f%% label agreement, max probability difference %.2g", 100 * check["label_agreement"], check["max_prob_diff"])
     return check

@@ -9,15 +9,20 @@ ONNX Runtime (fp32 or int8 exports from `sentilora export`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
-from sentilora import model as M
-from sentilora.errors import BundleError, ConfigError, DataError
+from sentilora.batching import autocast, collate, length_sorted_batches, pick_device, pick_dtype
+from sentilora.bundle import Manifest, load_bundle, load_tokenizer_folder, save_bundle, save_merged
+from sentilora.calibration import calibrated_probs, decide
+from sentilora.errors import BundleError, ConfigError
+from sentilora.files import check_new_folder, first_line
+from sentilora.tables import check_texts
+from sentilora.tokens import chunk_windows, encode, position_limit, special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +33,6 @@ DEFAULT_MAX_BATCH = 64
 
 
 # ---- batching ----------------------------------------------------------------------------------
-
-
-def length_sorted_batches(lengths: Sequence[int], max_batch: int, max_tokens: int | None = None) -> Iterator[list[int]]:
-    """Indices grouped longest-first, each batch under `max_tokens` padded tokens and `max_batch` rows."""
-    order = np.argsort([-n for n in lengths], kind="stable").tolist()
-    i = 0
-    while i < len(order):
-        width = max(1, lengths[order[i]])  # the batch's longest member comes first
-        size = max_batch if max_tokens is None else max(1, min(max_batch, max_tokens // width))
-        yield order[i : i + size]
-        i += size
 
 
 def inference_weights(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> tuple[torch.nn.Module, torch.dtype | None]:
@@ -64,7 +58,7 @@ class TorchBackend:
     @torch.inference_mode()
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        with M.autocast(self.device, self.dtype):
+        with autocast(self.device, self.dtype):
             return self.model(**batch).logits.float().cpu().numpy()
 
 
@@ -81,7 +75,10 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+            raise BundleError(f"{path}: not a loadable ONNX model ({first_line(e)}). Re-run `sentilora export`.") from None
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
@@ -102,7 +99,7 @@ def run_batches(
     """Logits for pre-tokenised inputs; rows in input order. (n, num_labels)"""
     out = np.zeros((len(ids), num_labels), dtype=np.float32)
     for idx in length_sorted_batches([len(s) for s in ids], max_batch, max_tokens):
-        out[idx] = backend(M.collate([ids[i] for i in idx], pad_id))
+        out[idx] = backend(collate([ids[i] for i in idx], pad_id))
         if progress is not None:
             progress(len(idx))
     return out
@@ -127,17 +124,6 @@ def predict_logits(
         model.train(was_training)
 
 
-def chunk_windows(ids: Sequence[int], prefix: list[int], suffix: list[int], max_length: int) -> list[list[int]]:
-    """Split one over-long text into overlapping windows (a quarter overlap), each with special tokens."""
-    body = list(ids)
-    size = max_length - len(prefix) - len(suffix)
-    if len(body) <= size:
-        return [prefix + body + suffix]
-    stride = max(1, size - size // 4)
-    starts = list(range(0, len(body) - size, stride)) + [len(body) - size]
-    return [prefix + body[s : s + size] + suffix for s in starts]
-
-
 # ---- the classifier ------------------------------------------------------------------------------
 
 
@@ -148,7 +134,7 @@ class Classifier:
         self,
         model: torch.nn.Module | None,
         tokenizer: Any,
-        manifest: M.Manifest,
+        manifest: Manifest,
         *,
         device: str = "auto",
         precision: str = "auto",
@@ -163,8 +149,8 @@ class Classifier:
         if backend is None:
             if model is None:
                 raise ValueError("Classifier needs a model or a backend.")
-            dev = M.pick_device(device)
-            wanted = M.pick_dtype(precision, dev)
+            dev = pick_device(device)
+            wanted = pick_dtype(precision, dev)
             model, dtype = inference_weights(model, dev, wanted)
             self.model, self.weights_cast = model, dtype != wanted
             backend = TorchBackend(model, device=dev, dtype=dtype)
@@ -178,7 +164,7 @@ class Classifier:
         if limit is None and asked and self.model is not None and hasattr(self.model, "config"):
             # A bundle from before `positions`: ask the encoder (not the tokenizer: older merged
             # folders saved it with the training length).
-            limit = M.position_limit(self.model)
+            limit = position_limit(self.model)
         if n < 8 or (limit and n > limit):
             span = f"8 to {limit}" if limit else "at least 8"
             raise ConfigError(f"--max-length {n}: this model reads {span} tokens per text "
@@ -204,18 +190,16 @@ class Classifier:
         `Manifest.reads`; texts are cut with the truncation the model was trained with).
         """
         path = Path(path)
-        manifest = M.Manifest.read(path)
+        manifest = Manifest.read(path)
         if manifest.kind == "onnx":
-            from transformers import AutoTokenizer
-
             onnx_file = path / (manifest.export or {}).get("file", "model.onnx")
             if not onnx_file.is_file():
                 raise BundleError(f"{path}: {onnx_file.name} is missing; re-run `sentilora export`.")
-            return cls(None, AutoTokenizer.from_pretrained(str(path)), manifest, backend=OnnxBackend(onnx_file, threads=threads),
+            return cls(None, load_tokenizer_folder(path, path), manifest, backend=OnnxBackend(onnx_file, threads=threads),
                        max_length=max_length)
         if threads:
             torch.set_num_threads(threads)
-        model, tokenizer, manifest = M.load_bundle(path)
+        model, tokenizer, manifest = load_bundle(path)
         if merge and manifest.kind == "adapter":
             model = model.merge_and_unload()
         return cls(model, tokenizer, manifest, device=device, precision=precision, max_length=max_length)
@@ -227,20 +211,19 @@ class Classifier:
     def save(self, path: str | Path) -> None:
         """Write this classifier as a bundle that `Classifier.load` reads back (PyTorch backends)."""
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
-            raise DataError(f"{path}: folder exists and is not empty; choose a new folder.")
+        check_new_folder(path)
         if self.model is None:
             raise BundleError("an ONNX classifier is saved by `sentilora export`; copy its folder instead.")
         if self.weights_cast:
             raise BundleError("this classifier holds bf16 inference weights; load it with precision='fp32' to save it.")
         path.mkdir(parents=True, exist_ok=True)
         if hasattr(self.model, "peft_config"):
-            M.save_bundle(self.model, self.tokenizer, self.manifest, path)
+            save_bundle(self.model, self.tokenizer, self.manifest, path)
         else:  # merged (on disk or in memory)
-            M.save_merged(self.model, self.tokenizer, self.manifest, path)
+            save_merged(self.model, self.tokenizer, self.manifest, path)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return M.encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.manifest.truncation)
+        return encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.manifest.truncation)
 
     def logits(
         self,
@@ -256,7 +239,7 @@ class Classifier:
         run = dict(pad_id=self.pad_id, num_labels=k, max_batch=batch_size, max_tokens=max_tokens)
         if long_texts == "truncate":
             return run_batches(self.backend, self.encode(texts), progress=progress, **run)
-        prefix, suffix = M.special_tokens(self.tokenizer)
+        prefix, suffix = special_tokens(self.tokenizer)
         raw = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         windows, owner = [], []
         for i, ids in enumerate(raw):
@@ -280,14 +263,10 @@ class Classifier:
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
         logits = self.logits(texts, batch_size=batch_size, max_tokens=max_tokens, long_texts=long_texts, progress=progress)
-        from sentilora.calibrate import calibrated_probs
-
         return calibrated_probs(logits, self.manifest)  # the bundle's temperature (1.0 = plain softmax)
 
     def decide(self, probs: np.ndarray) -> list[str]:
         """Label names for rows of probabilities (the bundle's decision threshold, if any)."""
-        from sentilora.calibrate import decide
-
         return [self.label_names[i] for i in decide(probs, self.manifest)]
 
     @overload
@@ -298,22 +277,3 @@ class Classifier:
         """Predicted label names (one string for one text)."""
         labels = self.decide(self.predict_proba(texts, batch_size=batch_size))
         return labels[0] if isinstance(texts, str) else labels
-
-
-def text_problem(t: Any) -> str | None:
-    """Why a value cannot be classified, or None if it is a usable text."""
-    if t is None or (isinstance(t, float) and np.isnan(t)):
-        return "empty text"  # CSV and Parquet read empty cells as missing
-    if not isinstance(t, str):
-        return f"not text ({type(t).__name__})"
-    return None if t.strip() else "empty text"
-
-
-def check_texts(texts: Sequence[Any], *, origin: str = "input", column: str | None = None) -> None:
-    """Every text must be a non-empty string; the error names the first bad row (1-based)."""
-    bad = [i for i, t in enumerate(texts) if text_problem(t)]
-    if bad:
-        i = bad[0]
-        where = f"{origin} row {i + 1}" + (f", column '{column}'" if column else "")
-        more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
-        raise DataError(f"{where}: {text_problem(texts[i])}{more}. Remove such rows or fill them in.")

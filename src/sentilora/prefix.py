@@ -20,31 +20,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from sentilora.batching import autocast, collate, length_sorted_batches
 from sentilora.errors import ConfigError
+from sentilora.model import encoder_layers
 
 STORE_DTYPE = torch.bfloat16
-
-
-def _hf_model(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def encoder_layers(model: nn.Module) -> tuple[nn.Module, nn.Module, str, nn.ModuleList]:
-    """(backbone, parent of the layer list, its attribute name, the layer list) of an encoder model."""
-    hf = _hf_model(model)
-    backbone = hf.base_model
-    n = getattr(hf.config, "num_hidden_layers", None) or getattr(hf.config, "n_layers", None)
-    if not hasattr(backbone, "embeddings"):
-        raise ConfigError(f"--train.cache_prefix is not supported for '{hf.config.model_type}' models; set it to false.")
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            parent_name, _, attr = name.rpartition(".")
-            return backbone, backbone.get_submodule(parent_name) if parent_name else backbone, attr, module
-    raise ConfigError(f"--train.cache_prefix is not supported for '{hf.config.model_type}' models; set it to false.")
-
-
-def num_layers(model: nn.Module) -> int:
-    return len(encoder_layers(model)[3])
 
 
 @contextlib.contextmanager
@@ -91,17 +71,14 @@ class FrozenPrefix:
         progress: object = None,
     ) -> list[torch.Tensor]:
         """Hidden states after the frozen layers, one [len, hidden] bf16 tensor per text (input order)."""
-        from sentilora import model as M
-        from sentilora.predict import length_sorted_batches
-
         was_training = self.model.training
         self.model.eval()
         out: list[torch.Tensor | None] = [None] * len(ids)
         try:
             with _swap(self.parent, self.attr, self.lower):
                 for idx in length_sorted_batches([len(s) for s in ids], max_batch=64, max_tokens=max_tokens):
-                    batch = {k: v.to(device) for k, v in M.collate([ids[i] for i in idx], pad_id).items()}
-                    with M.autocast(device, dtype):
+                    batch = {k: v.to(device) for k, v in collate([ids[i] for i in idx], pad_id).items()}
+                    with autocast(device, dtype):
                         hidden = self.backbone(**batch).last_hidden_state
                     for row, i in enumerate(idx):
                         out[i] = hidden[row, : len(ids[i])].to("cpu", STORE_DTYPE).clone()

@@ -290,7 +290,7 @@ def score_file_ray(
     `address`: the cluster to join (default as `ray.init`: $RAY_ADDRESS, a running local cluster,
     else a new local one). Uses the Ray connection already made in this process, if there is one.
     """
-    from sentilora.model import Manifest
+    from sentilora.bundle import Manifest
     from sentilora.scoring import ScoreResult
 
     if chunk_rows < 1:

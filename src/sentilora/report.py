@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sentilora.calibrate import CALIBRATION, calibrated_probs, decide
-from sentilora.evaluate import compute_metrics, reliability_bins
+from sentilora.calibration import CALIBRATION, calibrated_probs, decide
+from sentilora.files import atomic_write_json, atomic_write_text
+from sentilora.tokens import special_tokens
+from sentilora.metrics import N_BOOT, bootstrap_ci, compute_metrics, expected_calibration_error, reliability_bins
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-N_BOOT = 1000
 N_MISTAKES = 10
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False,
          "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": True, "legend.framealpha": 0.9,
@@ -43,28 +44,8 @@ C_RAW, C_CAL, C_BASE = "#9aa5b1", "#1f6fb2", "#c0504d"
 # ---- numbers ---------------------------------------------------------------------------------
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int, n_boot: int = N_BOOT,
-                 level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals for accuracy and F1 (of class 1 if binary, else macro), rows resampled."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    n, k = len(y_true), n_classes
-    codes = y_true * k + y_pred  # one confusion-matrix cell per row
-    rng = np.random.default_rng(seed)
-    acc, f1 = np.empty(n_boot), np.empty(n_boot)
-    for b in range(n_boot):
-        cm = np.bincount(codes[rng.integers(0, n, n)], minlength=k * k).reshape(k, k)
-        tp = np.diag(cm).astype(np.float64)
-        denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2tp + fp + fn
-        f1s = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
-        acc[b], f1[b] = tp.sum() / n, (f1s[1] if k == 2 else f1s.mean())
-    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    return {"accuracy": tuple(map(float, np.percentile(acc, q))), "f1": tuple(map(float, np.percentile(f1, q)))}
-
-
 def token_counts(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Tokens per text including special tokens, before any truncation. (n,)"""
-    from sentilora.model import special_tokens
-
     prefix, suffix = special_tokens(tokenizer)
     ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     return np.array([len(s) for s in ids], dtype=np.int64) + len(prefix) + len(suffix)
@@ -161,8 +142,6 @@ def fig_reliability(y: np.ndarray, raw: np.ndarray, cal: np.ndarray | None, k: i
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
     series = [("raw (T = 1)", raw, C_RAW)] + ([("temperature-scaled", cal, C_CAL)] if cal is not None else [])
-    from sentilora.evaluate import expected_calibration_error
-
     for name, p, color in series:
         r = reliability_bins(y, p)
         used = r["count"] > 0
@@ -274,8 +253,6 @@ def write_report(
     """
     import matplotlib
 
-    from sentilora.model import atomic_write_text
-
     out, run_dir = Path(out_dir), Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     man, names, k = clf.manifest, clf.label_names, len(clf.label_names)
@@ -332,7 +309,7 @@ def write_report(
         "base": None if base is None else {"rows": len(base["rows"]), "metrics": base["metrics"], "tuned_metrics": base["tuned"]},
         "truncation": trunc, "figures": [f"{n}.png" for n in images],
     }
-    atomic_write_text(out / "report.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "report.json", summary)
     page = _page(summary, clf, texts, y, probs, pred, n_tok, base, mistakes, figs, images)
     atomic_write_text(out / "report.html", page)
     log.info("report written to %s", out / "report.html")

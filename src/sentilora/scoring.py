@@ -11,13 +11,11 @@ Output rows = input rows, in order, every input column kept, plus `pred_label`, 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
-import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sentilora.data import CSV_OPTIONS, read_table
 from sentilora.errors import DataError
-from sentilora.predict import Classifier, LongTexts, text_problem
+from sentilora.files import atomic_path, atomic_write_json
+from sentilora.predict import Classifier, LongTexts
+from sentilora.tables import count_rows, iter_table, json_records, table_format, text_problem, write_table
+
+__all__ = ["ScoreResult", "count_rows", "prediction_columns", "score_chunk", "score_file"]
 
 log = logging.getLogger(__name__)
 
-STREAMED = (".csv", ".tsv", ".jsonl", ".parquet", ".txt")
 OUTPUTS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
@@ -44,78 +44,7 @@ class ScoreResult:
     output: Path
 
 
-# ---- reading in chunks -----------------------------------------------------------------------------
-
-
-def count_rows(path: Path) -> int | None:
-    """Row count for progress and ETA (cheap: Parquet metadata or one pass over the text)."""
-    ext = path.suffix.lower()
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    if ext in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            return max(0, sum(1 for _ in csv.reader(f, delimiter="\t" if ext == ".tsv" else ",")) - 1)
-    if ext in (".jsonl", ".txt"):
-        with open(path, "rb") as f:
-            return sum(1 for line in f if ext == ".txt" or line.strip())
-    return None
-
-
-def iter_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
-    """The input as DataFrames of `rows` rows, read with the same rules as `data.read_table`."""
-    ext = path.suffix.lower()
-    if not path.is_file():
-        raise DataError(f"{path}: file not found. Check the path passed to --input.")
-    if ext not in STREAMED:
-        yield from _slices(read_table(path), rows)  # .json arrays can't be streamed
-        return
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-            yield batch.to_pandas()
-        return
-    if ext in (".csv", ".tsv"):
-        try:
-            reader = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", chunksize=rows, encoding="utf-8", **CSV_OPTIONS)
-            yield from reader
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not valid UTF-8 (byte offset {e.start} of a chunk). Re-save the file as UTF-8.") from None
-        except pd.errors.ParserError as e:
-            raise DataError(f"{path}: could not parse ({str(e).splitlines()[0]}). Check delimiter and quoting.") from None
-        return
-    with open(path, encoding="utf-8") as f:  # .jsonl and .txt: line by line
-        buf: list[Any] = []
-        try:
-            for n, line in enumerate(f, 1):
-                if ext == ".txt":
-                    buf.append(line.removesuffix("\n").removesuffix("\r"))
-                elif line.strip():
-                    try:
-                        buf.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path} line {n}: not valid JSON ({e.msg}). Write one object per line.") from None
-                if len(buf) == rows:
-                    yield _frame(buf, ext)
-                    buf = []
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}). Re-save the file as UTF-8.") from None
-        if buf:
-            yield _frame(buf, ext)
-
-
-def _frame(buf: list[Any], ext: str) -> pd.DataFrame:
-    return pd.DataFrame({"text": buf}, dtype=object) if ext == ".txt" else pd.DataFrame(buf)
-
-
-def _slices(df: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
-    for i in range(0, len(df), rows):
-        yield df.iloc[i : i + rows].reset_index(drop=True)
-
-
-# ---- writing parts and joining them --------------------------------------------------------------
+# ---- parts ---------------------------------------------------------------------------------------
 
 
 def _part_name(i: int, ext: str) -> str:
@@ -124,22 +53,21 @@ def _part_name(i: int, ext: str) -> str:
 
 def _write_part(df: pd.DataFrame, path: Path, *, first: bool) -> None:
     """One chunk in the output's own format, so joining is byte concatenation (CSV header on part 0 only)."""
-    ext = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.tmp")
-    if ext in (".csv", ".tsv"):
-        df.to_csv(tmp, sep="\t" if ext == ".tsv" else ",", index=False, header=first, lineterminator="\n")
-    elif ext == ".parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        records = df.astype(object).where(df.notna(), None).to_dict("records")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    write_table(df, path, header=first)
+
+
+def _rows_hash(chunk: pd.DataFrame) -> str:
+    """Fingerprint of a chunk of input rows: a resumed part must have been scored from these rows."""
+    h = hashlib.sha256(json.dumps([str(c) for c in chunk.columns]).encode())
+    for record in json_records(chunk):
+        h.update(record.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
 
 
 def _join(parts: list[Path], output: Path) -> None:
     ext = output.suffix.lower()
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(output) as tmp:
         if ext == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -159,9 +87,6 @@ def _join(parts: list[Path], output: Path) -> None:
                     out.write(data)
                 if ext == ".json":
                     out.write(b"]\n")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- the job ---------------------------------------------------------------------------------------
@@ -228,6 +153,7 @@ def score_file(
         raise DataError(f"{output_path}: a scored file has several columns; write one of {', '.join(OUTPUTS)}.")
     if chunk_rows < 1:
         raise DataError("--chunk-rows must be at least 1.")
+    table_format(input_path)
     if not input_path.is_file():
         raise DataError(f"{input_path}: file not found. Check the path passed to --input.")
     parts_dir = output_path.with_name(output_path.name + ".parts")
@@ -237,24 +163,18 @@ def score_file(
     if parts_dir.exists():
         if not resume:
             raise DataError(f"{parts_dir}: an unfinished job is there. Add --resume to continue it, or delete the folder.")
-        state = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"signature": sig, "parts": []}
-        if state["signature"] != sig:
-            raise DataError(f"{parts_dir}: that job scored another input, model or settings; delete the folder to start over.")
-        done = [p for p in state["parts"] if (parts_dir / p["file"]).is_file()]
+        done = _finished_parts(parts_dir, manifest_path, sig)
     parts_dir.mkdir(parents=True, exist_ok=True)
 
-    def save_state() -> None:
-        tmp = manifest_path.with_name(".manifest.json.tmp")
-        tmp.write_text(json.dumps({"signature": sig, "input": str(input_path), "parts": done}, indent=1))
-        os.replace(tmp, manifest_path)
-
     rows = bad = 0
+    i = -1
     resumed = len(done)
-    for i, chunk in enumerate(iter_chunks(input_path, chunk_rows)):
-        if i == 0 and text_column not in chunk.columns:
-            raise DataError(f"{input_path}: no column '{text_column}' (columns: {', '.join(map(str, chunk.columns))}). "
-                            "Pass the right one with --text-column.")
+    columns: list[Any] | None = None
+    for i, chunk in enumerate(iter_table(input_path, chunk_rows)):
+        columns = _conform_columns(chunk, columns, input_path, text_column, first_row=rows)
+        chunk = chunk[columns] if list(chunk.columns) != columns else chunk
         if i < len(done):  # finished before the interruption
+            _check_part(done[i], chunk, rows, parts_dir)
             rows += done[i]["rows"]
             bad += done[i]["bad"]
             if progress is not None:
@@ -263,14 +183,72 @@ def score_file(
         scored, n_bad = score_chunk(clf, chunk, text_column, batch_size=batch_size, long_texts=long_texts, progress=progress)
         name = _part_name(i, ext)
         _write_part(scored, parts_dir / name, first=i == 0)
-        done.append({"file": name, "rows": len(scored), "bad": n_bad})
-        save_state()
+        done.append({"file": name, "first_row": rows, "rows": len(scored), "bad": n_bad, "input_hash": _rows_hash(chunk)})
+        atomic_write_json(manifest_path, {"signature": sig, "input": str(input_path), "parts": done})
         rows += len(scored)
         bad += n_bad
-    if not done:
+    if not done or not rows:
         raise DataError(f"{input_path}: no rows to score.")
+    if len(done) > i + 1:
+        raise DataError(f"{parts_dir}: holds more parts than the input has chunks; the input changed. "
+                        "Delete the folder to start over.")
     _join([parts_dir / p["file"] for p in done], output_path)
     shutil.rmtree(parts_dir)
     if bad:
         log.warning("%d of %d rows could not be scored (see the 'error' column)", bad, rows)
     return ScoreResult(rows=rows, bad_rows=bad, chunks=len(done), resumed_chunks=resumed, output=output_path)
+
+
+def _finished_parts(parts_dir: Path, manifest_path: Path, sig: str) -> list[dict[str, Any]]:
+    """The parts an interrupted job finished, in order; refuses a folder from another job or with gaps."""
+    if not manifest_path.is_file():
+        return []  # killed before its first part was recorded
+    try:
+        state = json.loads(manifest_path.read_text(encoding="utf-8"))
+        parts = state["parts"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{manifest_path}: damaged; delete {parts_dir} to start over.") from None
+    if state.get("signature") != sig:
+        raise DataError(f"{parts_dir}: that job scored another input, model or settings; delete the folder to start over.")
+    for n, p in enumerate(parts):
+        if not {"file", "first_row", "rows", "bad", "input_hash"} <= set(p):
+            raise DataError(f"{manifest_path}: part {n} has no row range or input hash (written by an older "
+                            f"version); delete {parts_dir} to start over.")
+        if not (parts_dir / p["file"]).is_file():
+            raise DataError(f"{parts_dir}: {p['file']} (rows {p['first_row'] + 1}-{p['first_row'] + p['rows']}) is missing; "
+                            "its rows would be lost. Delete the folder to start over.")
+    return list(parts)
+
+
+def _check_part(part: dict[str, Any], chunk: pd.DataFrame, first_row: int, parts_dir: Path) -> None:
+    """A finished part must cover exactly this chunk's rows, and have been scored from the same rows."""
+    if part["first_row"] != first_row or part["rows"] != len(chunk) or part["input_hash"] != _rows_hash(chunk):
+        raise DataError(
+            f"{parts_dir / part['file']}: scored rows {part['first_row'] + 1}-{part['first_row'] + part['rows']} of "
+            f"another input (this input's rows {first_row + 1}-{first_row + len(chunk)} differ). "
+            "Delete the folder to start over."
+        )
+
+
+def _conform_columns(chunk: pd.DataFrame, columns: list[Any] | None, path: Path, text_column: str, *, first_row: int) -> list[Any]:
+    """Every chunk gets the first chunk's columns, so the parts join into one table.
+
+    JSON lines may differ from record to record: a key missing from a later chunk becomes an empty
+    cell (a row without its text is marked in `error`), a key the first chunk did not have is dropped.
+    """
+    if columns is None:
+        if text_column not in chunk.columns:
+            raise DataError(f"{path}: no column '{text_column}' (columns: {', '.join(map(str, chunk.columns))}). "
+                            "Pass the right one with --text-column.")
+        return list(chunk.columns)
+    extra = [c for c in chunk.columns if c not in columns]
+    missing = [c for c in columns if c not in chunk.columns]
+    if missing:
+        for c in missing:
+            chunk[c] = None
+        log.warning("%s rows %d-%d: no %s; those cells are left empty", path, first_row + 1, first_row + len(chunk),
+                    ", ".join(f"'{c}'" for c in missing))
+    if extra:
+        log.warning("%s rows %d-%d: fields %s are not in the first rows and are left out", path, first_row + 1,
+                    first_row + len(chunk), ", ".join(map(str, extra[:5])))
+    return columns

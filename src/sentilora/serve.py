@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sentilora import model as M
+from sentilora.batching import pick_device, pick_dtype
+from sentilora.bundle import Manifest, add_adapter, load_bundle, sentilora_version
 from sentilora.errors import ConfigError
 
 try:
@@ -131,22 +132,22 @@ def load_models(specs: dict[str, str], settings: ServeSettings) -> dict[str, Ser
     """Load every model once; adapter runs on the same base share its weights."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    manifests = {name: M.Manifest.read(path) for name, path in specs.items()}
+    manifests = {name: Manifest.read(path) for name, path in specs.items()}
     groups: dict[tuple, list[str]] = {}
     for name, man in manifests.items():
         if man.kind == "adapter":
             groups.setdefault((man.base_model, man.base_fingerprint, len(man.label_names)), []).append(name)
     served: dict[str, Served] = {}
-    device = M.pick_device(settings.device)
-    dtype = M.pick_dtype(settings.precision, device)
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.precision, device)
     for names in groups.values():
         if len(names) == 1:
             continue
         first = names[0]
-        model, tokenizer, man = M.load_bundle(specs[first])  # adapter "default"
+        model, tokenizer, man = load_bundle(specs[first])  # adapter "default"
         adapters = {first: "default"}
         for other in names[1:]:
-            M.add_adapter(model, specs[other], other)
+            add_adapter(model, specs[other], other)
             adapters[other] = other
         model, shared_dtype = inference_weights(model.to(device).eval(), device, dtype)
         for name in names:
@@ -422,7 +423,7 @@ def create_app(models: dict[str, Served] | dict[str, str], settings: ServeSettin
         title="sentilora",
         summary="Text classification with LoRA-tuned encoders",
         description="Classify texts with fine-tuned models. Send `Authorization: Bearer KEY` when the server has an API key.",
-        version=_version(),
+        version=sentilora_version(),
         lifespan=lifespan,
     )
     app.state.sentilora = state
@@ -540,12 +541,6 @@ def create_app(models: dict[str, Served] | dict[str, str], settings: ServeSettin
     return app
 
 
-def _version() -> str:
-    from sentilora import __version__
-
-    return __version__
-
-
 def _page_html() -> str:
     return (Path(__file__).parent / "resources" / "serve_page.html").read_text(encoding="utf-8")
 
@@ -576,7 +571,7 @@ def serve(specs: dict[str, str], *, host: str = "127.0.0.1", port: int = 8000, s
             "or bind 127.0.0.1."
         )
     for name, path in specs.items():
-        M.Manifest.read(path)  # fail fast, before the port opens, on a bad path
+        Manifest.read(path)  # fail fast, before the port opens, on a bad path
     app = create_app(specs, settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=25,
                             access_log=False, server_header=False)

@@ -28,12 +28,17 @@ from scipy.special import softmax
 
 from sentilora import distributed as D
 from sentilora import model as M
+from sentilora.batching import autocast, collate, epoch_batches, length_sorted_batches, pick_device, pick_dtype
+from sentilora.bundle import Manifest, save_bundle
 from sentilora.config import Config
 from sentilora.data import load_data
 from sentilora.errors import SentiloraError
-from sentilora.model import autocast, pick_device, pick_dtype
-from sentilora.predict import length_sorted_batches, predict_logits
-from sentilora.prefix import FrozenPrefix, num_layers
+from sentilora.files import atomic_write_text
+from sentilora.metrics import compute_metrics
+from sentilora.model import num_layers
+from sentilora.predict import predict_logits
+from sentilora.prefix import FrozenPrefix
+from sentilora.tokens import encode, position_limit
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +54,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     train_seconds: float = 0.0
-
-
-# ---- batching ----------------------------------------------------------------------------------
-
-
-def epoch_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
-    """Batches of indices for one epoch; a pure function of its arguments (so resume is exact).
-
-    With several processes these are the global batches (`batch_size` = processes x per-process
-    batch size); every process computes all of them and trains on its share (`_optim_step`).
-    """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    if group_by_length:
-        # Sort within windows of 50 batches: near-uniform lengths per batch, still a random mix.
-        window = batch_size * 50
-        chunks = [order[i : i + window] for i in range(0, len(order), window)]
-        order = np.concatenate([c[np.argsort([-lengths[j] for j in c], kind="stable")] for c in chunks])
-    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        rng.shuffle(batches)
-    return batches
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -136,11 +119,11 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
                        heads=heads, top_layers=cfg.lora.layers)
     model.to(device)
-    positions = M.position_limit(base, tokenizer)
+    positions = position_limit(base, tokenizer)
     for flag, n in (("--model.max_length", cfg.model.max_length), ("--model.predict_max_length", cfg.model.predict_max_length)):
         if n is not None and n > positions:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
-    enc = {s: M.encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
+    enc = {s: encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
     prefix = None
     if cfg.lora.layers is not None and t.cache_prefix and cfg.lora.layers < num_layers(model):
         prefix = FrozenPrefix(model, cfg.lora.layers)
@@ -209,10 +192,10 @@ def _train(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, progress: bo
         log.info("resuming %s at step %d (epoch %d)", out_dir, state.step, state.epoch + 1)
     elif dd.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        M.atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
         (out_dir / "train_log.jsonl").write_text("")
 
-    manifest = M.Manifest(
+    manifest = Manifest(
         kind="adapter",
         base_model=cfg.model.name,
         base_revision=cfg.model.revision,
@@ -326,8 +309,8 @@ def _train(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, progress: bo
     def write_bundle() -> None:
         # The bundle holds the best epoch, not the last.
         M.load_trainable_state(model, _load_tensors(ckpt_dir / "best.safetensors"))
-        M.atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2) + "\n")
-        M.save_bundle(model, setup.tokenizer, manifest, out_dir)
+        atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2) + "\n")
+        save_bundle(model, setup.tokenizer, manifest, out_dir)
         shutil.rmtree(ckpt_dir)
 
     dd.on_main(write_bundle)  # the other processes wait for it: the launcher ends when the bundle is complete
@@ -336,9 +319,9 @@ def _train(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, progress: bo
 
 def _snapshot(model, tokenizer, manifest, folder: Path, cfg: Config, step: int, seconds: float) -> None:
     """The model as it is now (not the best epoch) as a loadable bundle."""
-    M.save_bundle(model, tokenizer, manifest, folder)
-    M.atomic_write_text(folder / "config.yaml", cfg.to_yaml())
-    M.atomic_write_text(folder / "history.json", json.dumps({"step": step, "train_seconds": round(seconds, 2)}) + "\n")
+    save_bundle(model, tokenizer, manifest, folder)
+    atomic_write_text(folder / "config.yaml", cfg.to_yaml())
+    atomic_write_text(folder / "history.json", json.dumps({"step": step, "train_seconds": round(seconds, 2)}) + "\n")
     log.info("snapshot after %.1f minutes (step %d) -> %s", seconds / 60, step, folder)
 
 
@@ -358,7 +341,7 @@ def _optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, 
     for idx in map(dd.mine, group):
         if not idx:
             continue
-        batch = {k: v.to(device) for k, v in M.collate([ids[i] for i in idx], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate([ids[i] for i in idx], pad_id).items()}
         y = torch.tensor([labels[i] for i in idx], device=device)
         with autocast(device, dtype):
             if prefix is not None and hidden is not None:
@@ -404,8 +387,6 @@ def _validate(model, ids, labels, pad_id, device, dtype, cfg: Config,
 
 
 def _metrics(logits: np.ndarray, labels, cfg: Config) -> dict[str, float]:
-    from sentilora.evaluate import compute_metrics
-
     if not np.isfinite(logits).all():
         raise SentiloraError(
             "training diverged: the model's outputs on the validation texts are NaN or infinite. "
@@ -426,7 +407,7 @@ def _prefix_logits(model, prefix: FrozenPrefix, hidden, ids, pad_id, device, dty
     try:
         with torch.inference_mode():
             for idx in length_sorted_batches([len(s) for s in ids], batch_size, 8192):
-                batch = {k: v.to(device) for k, v in M.collate([ids[i] for i in idx], pad_id).items()}
+                batch = {k: v.to(device) for k, v in collate([ids[i] for i in idx], pad_id).items()}
                 with autocast(device, dtype):
                     out[idx] = prefix.forward([hidden[i] for i in idx], batch).float().cpu().numpy()
     finally:

@@ -1,0 +1,225 @@
+"""The run bundle on disk: its manifest, and saving, loading, sharing and merging it.
+
+A run bundle is a folder:
+
+    sentilora.json      manifest: base model, its fingerprint, labels, head modules, tokenisation
+    config.yaml         the resolved training config
+    adapter/            PEFT adapter (LoRA weights + trained head), safetensors
+    tokenizer/          the tokenizer the model was trained with
+    history.json        per-epoch validation metrics and the best epoch
+    train_log.jsonl     per-step training loss
+
+A merged export (`sentilora merge`) is a plain Transformers model folder plus the same manifest;
+an ONNX export (`sentilora export`) is an ONNX graph, its tokenizer and the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sentilora.errors import BundleError
+from sentilora.files import atomic_write_json, first_line, new_folder
+from sentilora.model import fingerprint, load_base_model
+
+BUNDLE_FORMAT = 1
+MANIFEST = "sentilora.json"
+
+
+def sentilora_version() -> str:
+    """The installed package's version (recorded in every bundle)."""
+    try:
+        return metadata.version("sentilora")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+@dataclass
+class Manifest:
+    kind: str  # "adapter" (LoRA bundle) or "merged"
+    base_model: str  # as the user named it (alias kept, so 'minilm' resolves on any machine)
+    base_revision: str | None
+    base_fingerprint: str
+    label_names: list[str]
+    head_modules: list[str]
+    target_modules: list[str]
+    max_length: int
+    truncation: str
+    format: int = BUNDLE_FORMAT
+    sentilora_version: str = ""
+    temperature: float = 1.0  # logits are divided by it before softmax (`sentilora calibrate`)
+    threshold: float | None = None  # binary only: P(class 1) needed to predict class 1; None = argmax
+    export: dict[str, Any] | None = None  # ONNX exports: file, quantisation, opset, parity figures
+    # Prediction may read more of a text than training did: training cost grows with max_length,
+    # prediction cost much less (length-sorted batches), and the encoder was pretrained on all its
+    # positions. None (bundles from before) = max_length; `positions` = the encoder's limit.
+    predict_max_length: int | None = None
+    positions: int | None = None
+
+    @property
+    def reads(self) -> int:
+        """Tokens per text read when predicting, special tokens included."""
+        return self.predict_max_length or self.max_length
+
+    def save(self, folder: Path) -> None:
+        self.sentilora_version = sentilora_version()
+        atomic_write_json(folder / MANIFEST, self.__dict__)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Manifest:
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not folder.is_dir():
+            raise BundleError(f"{folder}: no such run folder. Pass the --out folder of a `sentilora train` run.")
+        if not path.is_file():
+            raise BundleError(
+                f"{folder}: not a sentilora bundle (no {MANIFEST}). Pass a run folder from `sentilora train` "
+                "or `sentilora merge`; an interrupted run can be finished with `sentilora train --resume`."
+            )
+        damaged = f"{path}: the manifest is damaged"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{damaged} ({first_line(e)}). Re-create the bundle (train, merge or export again).") from None
+        if not isinstance(raw, dict):
+            raise BundleError(f"{damaged} (a JSON {type(raw).__name__}, not an object). Re-create the bundle.")
+        if raw.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: bundle format {raw.get('format')} is not supported by this version.")
+        try:
+            return cls(**raw)
+        except TypeError as e:
+            raise BundleError(f"{damaged} ({first_line(e)}). Re-create the bundle.") from None
+
+
+def save_bundle(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path) -> None:
+    """Write adapter, tokenizer and manifest (last, so a folder with a manifest is complete)."""
+    model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    manifest.save(folder)
+
+
+def load_tokenizer_folder(folder: Path, owner: Path) -> Any:
+    """A tokenizer saved inside a bundle; a missing or damaged one is a one-line BundleError."""
+    from transformers import AutoTokenizer
+
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise BundleError(f"{owner}: the tokenizer files are missing ({folder}); the bundle is incomplete. "
+                          "Copy the whole bundle folder again, or re-create it.")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{owner}: the tokenizer in {folder} is damaged ({first_line(e)}). Re-create the bundle.") from None
+
+
+def adapter_config(folder: Path) -> dict[str, Any]:
+    """The bundle's adapter/adapter_config.json, checked to be there and readable."""
+    path = folder / "adapter" / "adapter_config.json"
+    if not path.is_file():
+        raise BundleError(f"{folder}: adapter/adapter_config.json is missing; the bundle is incomplete. "
+                          "Copy the whole bundle folder again, or re-train.")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: damaged ({first_line(e)}). Copy the bundle again, or re-train.") from None
+    if not isinstance(cfg, dict):
+        raise BundleError(f"{path}: damaged (not a JSON object). Copy the bundle again, or re-train.")
+    return cfg
+
+
+def _check_head(folder: Path, man: Manifest) -> None:
+    # peft adds its own defaults ("classifier", "score") to modules_to_save; ours must all be there.
+    if not set(man.head_modules) <= set(adapter_config(folder).get("modules_to_save") or []):
+        raise BundleError(f"{folder}: the adapter does not hold the trained head {man.head_modules}; the bundle was altered.")
+
+
+def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
+    """Load a bundle (adapter or merged) for inference; checks base model and head."""
+    folder = Path(folder)
+    man = Manifest.read(folder)
+    from transformers import AutoModelForSequenceClassification
+
+    if man.kind == "merged":
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(folder), use_safetensors=True, dtype=torch.float32
+            )
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{folder}: merged model files are missing or damaged ({first_line(e)}). "
+                              "Run `sentilora merge` again.") from None
+        return model.eval(), load_tokenizer_folder(folder, folder), man
+
+    from peft import PeftModel
+
+    adapter = folder / "adapter"
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise BundleError(f"{folder}: adapter/adapter_model.safetensors is missing; the bundle is incomplete.")
+    _check_head(folder, man)
+    tokenizer = load_tokenizer_folder(folder / "tokenizer", folder)
+    base, new = load_base_model(man.base_model, man.label_names, revision=man.base_revision)
+    got = fingerprint(base)
+    if got != man.base_fingerprint:
+        raise BundleError(
+            f"{folder}: base model '{man.base_model}' does not match the one this adapter was trained on "
+            f"(fingerprint {got} != {man.base_fingerprint}). Use the same base model version."
+        )
+    uncovered = [k for k in new if not any(k.startswith(h + ".") for h in man.head_modules)]
+    if uncovered:
+        raise BundleError(
+            f"{folder}: weights {', '.join(uncovered[:3])} are freshly initialised on this base model but not "
+            "saved in the bundle; predictions would be random. Retrain with this sentilora version."
+        )
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise BundleError(f"{folder}: adapter does not fit the base model ({first_line(e)}).") from None
+    return model.eval(), tokenizer, man
+
+
+def add_adapter(model: nn.Module, folder: str | Path, name: str) -> Manifest:
+    """Load another run's adapter (and head) onto an already loaded PEFT model, sharing its base weights.
+
+    The run must have been trained on the same base model (same fingerprint) with the same number of
+    classes. Switch between adapters with `model.set_adapter(name)`.
+    """
+    folder = Path(folder)
+    man = Manifest.read(folder)
+    if man.kind != "adapter":
+        raise BundleError(f"{folder}: only adapter bundles can share a base model; this one is '{man.kind}'.")
+    got = fingerprint(model)
+    if got != man.base_fingerprint:
+        raise BundleError(f"{folder}: trained on a different base model (fingerprint {man.base_fingerprint} != {got}).")
+    if len(man.label_names) != model.config.num_labels:
+        raise BundleError(f"{folder}: has {len(man.label_names)} classes, the shared model {model.config.num_labels}.")
+    _check_head(folder, man)
+    try:
+        model.load_adapter(str(folder / "adapter"), adapter_name=name, is_trainable=False)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise BundleError(f"{folder}: adapter does not fit the base model ({first_line(e)}).") from None
+    return man
+
+
+def merge_bundle(folder: str | Path, out: str | Path) -> Path:
+    """Fold LoRA into the base weights; save a plain Transformers model + tokenizer + manifest."""
+    model, tokenizer, man = load_bundle(folder)
+    if man.kind != "adapter":
+        raise BundleError(f"{folder}: already a merged model; nothing to merge.")
+    out = Path(out)
+    with new_folder(out, hint="choose a new output folder or remove it") as tmp:
+        save_merged(model.merge_and_unload(), tokenizer, man, tmp)
+    return out
+
+
+def save_merged(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path) -> None:
+    """A plain Transformers folder with the real label names, plus the manifest (kind 'merged')."""
+    model.config.id2label = dict(enumerate(manifest.label_names))
+    model.config.label2id = {n: i for i, n in enumerate(manifest.label_names)}
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.model_max_length = manifest.reads  # a pipeline over this folder reads as far as sentilora does
+    tokenizer.save_pretrained(str(folder))
+    Manifest(**{**manifest.__dict__, "kind": "merged"}).save(folder)

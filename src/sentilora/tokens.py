@@ -1,0 +1,63 @@
+"""Texts to token ids: the model's truncation (head+tail, left, right) and long-text windows.
+
+`encode` tokenises without truncating, then cuts each text to `max_length` by the bundle's rule, so
+one function gives training, prediction and the report the same ids for the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sentilora.errors import ModelLoadError
+
+
+def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation: str) -> list[list[int]]:
+    """Token ids per text with special tokens, truncated to max_length by the given strategy."""
+    prefix, suffix = special_tokens(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    out = []
+    for seq in ids:
+        if len(seq) > budget:
+            if truncation == "right":
+                seq = seq[:budget]
+            elif truncation == "left":
+                seq = seq[-budget:]
+            else:  # head_tail: the opening sets the topic, the ending holds the verdict (Sun et al. 2019)
+                head = budget // 4
+                seq = seq[:head] + seq[len(seq) - (budget - head) :]
+        out.append(prefix + list(seq) + suffix)
+    return out
+
+
+def position_limit(model: Any, tokenizer: Any = None) -> int:
+    """Tokens the encoder can take in one text: its position embeddings, or less if its tokenizer says so."""
+    config = model.config
+    n = getattr(config, "max_position_embeddings", None) or 512
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        n -= (config.pad_token_id or 0) + 1  # positions start after the padding index
+    declared = getattr(tokenizer, "model_max_length", None)
+    return min(n, declared) if isinstance(declared, int) and 0 < declared < 1_000_000 else n
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text ([CLS] / [SEP], <s> / </s>, ...)."""
+    probe = "hello"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for k in range(len(full) - len(bare) + 1):
+        if full[k : k + len(bare)] == bare:
+            return full[:k], full[k + len(bare) :]
+    raise ModelLoadError("could not work out this tokenizer's special tokens; please report the model you used.")
+
+
+def chunk_windows(ids: Sequence[int], prefix: list[int], suffix: list[int], max_length: int) -> list[list[int]]:
+    """Split one over-long text into overlapping windows (a quarter overlap), each with special tokens."""
+    body = list(ids)
+    size = max_length - len(prefix) - len(suffix)
+    if len(body) <= size:
+        return [prefix + body + suffix]
+    stride = max(1, size - size // 4)
+    starts = list(range(0, len(body) - size, stride)) + [len(body) - size]
+    return [prefix + body[s : s + size] + suffix for s in starts]
