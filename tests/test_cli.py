@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -40,6 +41,13 @@ def test_cli_end_to_end(tiny_models, dataset, tmp_path):
     r = invoke("predict", run, "It was good.", "Not a fan, don't recommend.", "--json")
     assert r.exit_code == 0, r.output
     assert r.output.count('"label"') == 2
+    from sentilora import Classifier
+
+    clf = Classifier.load(run)
+    printed = [json.loads(line) for line in _json_objects(r.output)]
+    assert [p["label"] for p in printed] == clf.predict(["It was good.", "Not a fan, don't recommend."])
+    np.testing.assert_allclose([list(p["probs"].values()) for p in printed],
+                               clf.predict_proba(["It was good.", "Not a fan, don't recommend."]), atol=1e-6)
 
     # File scoring keeps every row and column, in order, and adds the prediction.
     src = pd.DataFrame({"id": [3, 1, 2], "review": ["great film", "awful plot and boring", "fine"], "extra": ["a", "b", "c"]})
@@ -53,8 +61,25 @@ def test_cli_end_to_end(tiny_models, dataset, tmp_path):
 
     r = invoke("merge", run, tmp_path / "merged")
     assert r.exit_code == 0, r.output
+    assert {"model.safetensors", "config.json", "sentilora.json"} <= {p.name for p in (tmp_path / "merged").iterdir()}
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
     r = invoke("predict", tmp_path / "merged", "great film", "--json")
     assert r.exit_code == 0 and '"label"' in r.output
+    merged = json.loads(_json_objects(r.output)[0])
+    np.testing.assert_allclose(list(merged["probs"].values()), clf.predict_proba(["great film"])[0], atol=1e-4)
+
+
+def _json_objects(output: str) -> list[str]:
+    """The JSON objects `--json` printed (rich may spread one over several lines)."""
+    objs, depth, start = [], 0, 0
+    for i, ch in enumerate(output):
+        if ch == "{":
+            depth, start = depth + 1, i if depth == 0 else start
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                objs.append(output[start : i + 1])
+    return objs
 
 
 def _write(path, content: bytes | str):
@@ -131,3 +156,30 @@ def test_predict_max_length(trained_run):
     assert json.loads(r.output)["label"] in ("negative", "positive")
     r = invoke("predict", run, long, "--max-length", "500")
     assert r.exit_code == 2 and "--max-length 500: this model reads 8 to 128 tokens per text" in r.output
+
+
+def test_file_system_errors_are_one_line(trained_run, tmp_path, monkeypatch):
+    import errno
+
+    from sentilora import scoring
+
+    run = trained_run("bert")
+    r = invoke("predict", run, "--input", tmp_path / "missing.csv", "--output", tmp_path / "out.csv")
+    assert r.exit_code == 2 and r.output.startswith("error:") and "missing.csv: file not found" in r.output
+    r = invoke("predict", run, "--input", tmp_path, "--output", tmp_path / "out.csv")
+    assert r.exit_code == 2 and "is a folder, not a file" in r.output
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["good", "bad"]}).to_csv(src, index=False)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    r = invoke("predict", run, "--input", src, "--output", blocker / "out.csv")
+    assert r.exit_code == 2 and r.output.startswith("error:") and "blocker" in r.output and "Traceback" not in r.output
+
+    def disk_full(df, path, *, first):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(scoring, "_write_part", disk_full)
+    r = invoke("predict", run, "--input", src, "--output", tmp_path / "full.csv")
+    message = r.output.strip()
+    assert r.exit_code == 2 and "\n" not in message
+    assert "part-000000.csv: no space left on the device; free some space or write elsewhere." in message

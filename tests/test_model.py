@@ -84,3 +84,20 @@ def test_half_precision_checkpoint_loads_as_fp32(tiny_models, tmp_path, stored):
     assert AutoModel.from_pretrained(str(half)).dtype == stored  # the checkpoint really is half precision
     model, _ = M.load_base_model(str(half), ["neg", "pos"])
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_pickled_weights_are_refused(tiny_models, tmp_path):
+    """Base models load from safetensors only: a .bin is unpickled code, and the README promises safetensors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models["bert"], folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    torch.save(weights, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match=r"pickled form \(\.bin\).*safe_serialization=True") as e:
+        M.load_base_model(str(folder), ["negative", "positive"])
+    assert "\n" not in str(e.value)

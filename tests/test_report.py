@@ -17,11 +17,13 @@ from sentilora.calibrate import calibrate_run
 from sentilora.cli import app
 from sentilora.evaluate import evaluate_run
 from sentilora.metrics import bootstrap_ci
+from sentilora.predict import Classifier
 from sentilora.report import (
     confident_mistakes,
     excerpt,
     length_buckets,
     truncation_errors,
+    write_report,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -79,6 +81,21 @@ def test_cli_evaluate_writes_report(trained_run, tmp_path):
     assert "report written to" in r.output and "ece" in r.output
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "not calibrated" in page and "Before and after" not in page  # --base-sample 0: no base model
+
+
+def test_report_escapes_review_text(trained_run, tmp_path):
+    """A review is data, never markup: the template autoescapes it (and the note) in report.html."""
+    run = trained_run("bert")
+    texts = [f'Review {i}: <script>alert("x")</script> & <b>bold</b>' for i in range(12)]
+    y = np.arange(12) % 2
+    logits = np.where(np.eye(2)[1 - y] == 1, 3.0, -3.0)  # every row confidently wrong: all are "mistakes"
+    path = write_report(tmp_path / "rep", run_dir=run, clf=Classifier.load(run), data_origin="<data>.csv", texts=texts,
+                        labels=y, logits=logits, note="<img src=x onerror=alert(1)>")
+    page = path.read_text()
+    assert "<script" not in page and "<b>bold" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<code>&lt;data&gt;.csv</code>" in page
+    assert "<b>" in page  # the template's own markup (the bold headline column) is not escaped
 
 
 def test_bootstrap_intervals():

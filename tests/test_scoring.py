@@ -99,3 +99,66 @@ def test_scoring_errors(clf, tmp_path):
         score_file(clf, src, tmp_path / "out.txt", text_column="review")
     with pytest.raises(DataError, match="file not found"):
         score_file(clf, tmp_path / "missing.csv", tmp_path / "out.csv")
+
+
+def _interrupted(clf, tmp_path, monkeypatch, *, n: int = 45, parts: int = 3):
+    """A job killed after `parts` finished chunks of 10 rows; returns (input, output, parts folder)."""
+    src = tmp_path / "in.csv"
+    write_table(_input(n), src)
+    real_write, calls = scoring._write_part, {"n": 0}
+
+    def dying_write(df, path, *, first):
+        calls["n"] += 1
+        if calls["n"] > parts:
+            raise KeyboardInterrupt
+        real_write(df, path, first=first)
+
+    monkeypatch.setattr(scoring, "_write_part", dying_write)
+    out = tmp_path / "out.csv"
+    with pytest.raises(KeyboardInterrupt):
+        score_file(clf, src, out, text_column="review", chunk_rows=10)
+    monkeypatch.setattr(scoring, "_write_part", real_write)
+    return src, out, tmp_path / "out.csv.parts"
+
+
+def test_resume_refuses_a_missing_part(clf, tmp_path, monkeypatch):
+    src, out, parts = _interrupted(clf, tmp_path, monkeypatch)
+    (parts / "part-000001.csv").unlink()  # before: the later parts shifted down a place, 10 rows lost
+    with pytest.raises(DataError, match=r"part-000001.csv \(rows 11-20\) is missing"):
+        score_file(clf, src, out, text_column="review", chunk_rows=10, resume=True)
+    assert not out.exists()
+
+
+def test_resume_refuses_a_foreign_part(clf, tmp_path, monkeypatch):
+    src, out, parts = _interrupted(clf, tmp_path, monkeypatch)
+    # a part from another job over the same columns (other rows): before, its rows were joined in
+    other = tmp_path / "other"
+    other.mkdir()
+    _, _, other_parts = _interrupted(clf, other, monkeypatch, n=60)
+    (parts / "part-000002.csv").write_bytes((other_parts / "part-000002.csv").read_bytes().replace(b"10", b"11"))
+    with pytest.raises(DataError, match=r"part-000002.csv: not the part this job wrote"):
+        score_file(clf, src, out, text_column="review", chunk_rows=10, resume=True)
+
+
+def test_resume_checks_each_part_against_the_input_rows(clf, tmp_path, monkeypatch):
+    src, out, parts = _interrupted(clf, tmp_path, monkeypatch)
+    state = json.loads((parts / "manifest.json").read_text())
+    assert [(p["first_row"], p["rows"]) for p in state["parts"]] == [(0, 10), (10, 10), (20, 10)]
+    state["parts"][1]["input_hash"] = "0" * 16  # as if part 1 had been scored from other rows
+    (parts / "manifest.json").write_text(json.dumps(state))
+    with pytest.raises(DataError, match=r"part-000001.csv: scored rows 11-20 of another input"):
+        score_file(clf, src, out, text_column="review", chunk_rows=10, resume=True)
+
+
+def test_a_later_jsonl_chunk_without_the_text_field(clf, tmp_path):
+    rows = [{"id": i, "review": "a good film" if i % 3 else "dull"} for i in range(25)]
+    for r in rows[10:20]:
+        del r["review"]  # the whole second chunk lacks the field (before: KeyError)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = score_file(clf, src, tmp_path / "out.csv", text_column="review", chunk_rows=10)
+    out = read_table(tmp_path / "out.csv")
+    assert (res.rows, res.bad_rows) == (25, 10)
+    assert out["id"].tolist() == list(range(25)) and list(out.columns)[:2] == ["id", "review"]
+    assert out.loc[10:19, "error"].tolist() == ["empty text"] * 10 and out.loc[10:19, "pred_label"].isna().all()
+    assert out.loc[20:, "pred_label"].notna().all()

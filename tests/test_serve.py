@@ -203,3 +203,74 @@ def test_unknown_paths_share_one_metrics_label(loaded):
         text = client.get("/metrics").text
         assert 'sentilora_requests_total{route="other",status="404"} 5.0' in text
         assert "/no/such/path" not in text
+
+
+# ---- access and disclosure ------------------------------------------------------------------------
+
+
+def test_openapi_documents_the_api_key_schemes(loaded):
+    with _client(loaded, api_key="s3cret") as client:
+        spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= next(s for s in schemes.values() if s["type"] == "http").items()
+    assert {"type": "apiKey", "in": "header", "name": "X-API-Key"}.items() <= next(
+        s for s in schemes.values() if s["type"] == "apiKey").items()
+    for path, method in (("/v1/classify", "post"), ("/v1/models", "get"), ("/metrics", "get")):
+        assert {name for req in spec["paths"][path][method]["security"] for name in req} == set(schemes), path
+    for path in ("/healthz", "/readyz"):  # open to probes
+        assert "security" not in spec["paths"][path]["get"]
+
+
+def test_readyz_names_the_models_only_to_key_holders(loaded):
+    with _client(loaded, api_key="s3cret") as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
+            r = client.get("/readyz", headers=headers)
+            assert r.status_code == 200 and r.json() == {"status": "ready"}, headers
+        for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
+            assert client.get("/readyz", headers=headers).json() == {"status": "ready", "models": ["a", "b"]}
+    with _client(loaded) as client:  # no key configured: everyone may see the names, as on /v1/models
+        assert client.get("/readyz").json() == {"status": "ready", "models": ["a", "b"]}
+
+
+def test_models_list_does_not_reveal_server_paths(two_runs, loaded):
+    with _client(loaded) as client:
+        r = client.get("/v1/models")
+    assert r.status_code == 200
+    for m in r.json()["models"]:
+        assert "path" not in m and {"name", "kind", "labels", "base_model", "max_length"} <= set(m)
+    for path in two_runs.values():
+        assert path not in r.text
+
+
+def test_serve_cli_takes_its_defaults_from_serve_settings():
+    import ast
+    import inspect
+    import textwrap
+
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from sentilora import cli
+    from sentilora.predict import DEFAULT_MAX_TOKENS
+
+    fields = {"max_texts": "max_texts", "max_chars": "max_chars", "max_body_bytes": "max_body_bytes",
+              "queue_texts": "queue_texts", "timeout": "timeout_s", "max_wait_ms": "max_wait_ms",
+              "max_tokens": "max_tokens", "precision": "precision", "threads": "threads", "max_length": "max_length"}
+    defaults = ServeSettings()
+    assert defaults.max_tokens == DEFAULT_MAX_TOKENS  # written out in guard.py, which must not import torch
+    params = {p.name: p for p in get_command(cli.app).commands["serve"].params}
+    for option, field in fields.items():
+        assert params[option].default == getattr(defaults, field), option
+    assert params["no_batching"].default is (not defaults.batching)
+    # declared once: the command reads them from ServeSettings instead of repeating the values
+    fn = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(cli.serve)))).body[0]
+    args = fn.args.args + fn.args.kwonlyargs
+    given = dict(zip([a.arg for a in fn.args.args][-len(fn.args.defaults):], fn.args.defaults))
+    given |= {a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is not None}
+    assert {a.arg for a in args} >= set(fields)
+    literal = [o for o in [*fields, "no_batching"] if isinstance(given[o], ast.Constant) and given[o].value is not None]
+    assert literal == [], f"serve options repeating ServeSettings defaults as literals: {literal}"
+    shown = CliRunner().invoke(cli.app, ["serve", "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"}).output
+    for text in (f"[default: {defaults.max_texts}]", f"[default: {defaults.max_body_bytes}]",
+                 f"[default: {defaults.max_tokens}]", f"[default: {defaults.precision}]"):
+        assert text in shown, text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,16 +128,39 @@ def test_fuzz_with_schemathesis(server):
     assert httpx.get(server.url + "/readyz").status_code == 200  # no hang, still serving
 
 
+def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail, naming `what`, once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def queued_texts(url: str) -> float:
+    metrics = httpx.get(url + "/metrics", timeout=5).text
+    return float(re.search(r"^sentilora_queue_texts (\S+)$", metrics, re.MULTILINE).group(1))
+
+
+def refuses_connections(url: str) -> bool:
+    try:
+        httpx.get(url + "/healthz", timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
 def test_sigterm_drains_in_flight_requests(runs):
-    # a long batching wait keeps the six requests in flight when the signal lands
-    srv = Server({"a": runs["a"]}, "--max-wait-ms", "1500")
+    # a long batching wait holds the six requests in the queue, unanswered, while the signal lands
+    srv = Server({"a": runs["a"]}, "--max-wait-ms", "3000")
     try:
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(httpx.post, srv.url + "/v1/classify", json={"texts": [f"{REVIEW} {i}"]}, timeout=30)
                        for i in range(6)]
-            time.sleep(0.5)
+            wait_for(lambda: queued_texts(srv.url) == 6, what="all six requests to wait in the queue")
             srv.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            wait_for(lambda: refuses_connections(srv.url), what="the server to stop accepting connections")
+            assert not any(f.done() for f in futures), "answered before the drain began: the drain went untested"
             with pytest.raises(httpx.ConnectError):  # new connections are refused while draining
                 httpx.post(srv.url + "/v1/classify", json={"texts": ["late"]}, timeout=5)
             codes = [f.result().status_code for f in futures]

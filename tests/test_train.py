@@ -6,11 +6,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import make_rows, tiny_config
 
 from sentilora import Classifier
-from sentilora.evaluate import evaluate_run
 from sentilora.bundle import merge_bundle
+from sentilora.evaluate import evaluate_run
 from sentilora.train import epoch_batches, train
 
 BUNDLE_FILES = {
@@ -73,33 +73,104 @@ def test_train_reload_merge(tiny_model, dataset, tmp_path, classes):
         assert label in classes
 
 
-def test_resume_matches_uninterrupted_run(tiny_models, dataset, tmp_path):
-    train_csv, test_csv = dataset()
-    cfg = tiny_config(tiny_models["distilbert"], train_csv, test_csv, **{"train.checkpoint_every": 1, "train.epochs": 3})
-    full = train(cfg, tmp_path / "full", progress=False)
+@pytest.fixture(scope="module")
+def resumable(tiny_models, tmp_path_factory):
+    """An uninterrupted 3-epoch run with a checkpoint after every step, and its config: what each
+    interrupted-and-resumed run below must reproduce."""
+    folder = tmp_path_factory.mktemp("resumable")
+    make_rows(48, ["negative", "positive"], seed=1).to_csv(folder / "train.csv", index=False)
+    make_rows(24, ["negative", "positive"], seed=2).to_csv(folder / "test.csv", index=False)
+    cfg = tiny_config(tiny_models["distilbert"], folder / "train.csv", folder / "test.csv",
+                      **{"train.checkpoint_every": 1, "train.epochs": 3})
+    return cfg, train(cfg, folder / "full", progress=False)
 
-    class Crash(Exception):
-        pass
 
-    def crash_at_7(step, loss):
-        if step == 7:
+class Crash(Exception):
+    """The process dies here."""
+
+
+def _crash_at(step):
+    def hook(n, loss):
+        if n == step:
             raise Crash
 
+    return hook
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(run, full):
+    """`run` took the same steps as the uninterrupted `full` and ended with the same bundle."""
+    from safetensors.torch import load_file
+
+    assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()] == list(range(1, full.steps + 1))
+    np.testing.assert_allclose(_losses(run), _losses(full.run_dir), atol=1e-6, rtol=0)
+    history, expected = json.loads((run / "history.json").read_text()), json.loads((full.run_dir / "history.json").read_text())
+    assert history["best_epoch"] == expected["best_epoch"] and history["steps"] == expected["steps"]
+    assert [e["loss"] for e in history["epochs"]] == pytest.approx([e["loss"] for e in expected["epochs"]], abs=1e-6)
+    weights, reference = (load_file(str(r / "adapter" / "adapter_model.safetensors")) for r in (run, full.run_dir))
+    assert weights.keys() == reference.keys()
+    for name in weights:
+        np.testing.assert_allclose(weights[name].numpy(), reference[name].numpy(), atol=1e-6, rtol=0, err_msg=name)
+
+
+def test_resume_matches_uninterrupted_run(resumable, tmp_path):
+    cfg, full = resumable
     with pytest.raises(Crash):
-        train(cfg, tmp_path / "cut", progress=False, on_step=crash_at_7)
+        train(cfg, tmp_path / "cut", progress=False, on_step=_crash_at(7))
     assert not (tmp_path / "cut" / "sentilora.json").exists()  # an interrupted run is not a bundle
     resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
 
-    def losses(run):
-        return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
-
     assert resumed.steps == full.steps
-    np.testing.assert_allclose(losses(tmp_path / "cut"), losses(tmp_path / "full"), atol=1e-6, rtol=0)
-    assert len(losses(tmp_path / "cut")) == full.steps
+    np.testing.assert_allclose(_losses(tmp_path / "cut"), _losses(full.run_dir), atol=1e-6, rtol=0)
+    assert len(_losses(tmp_path / "cut")) == full.steps
     np.testing.assert_allclose(
         Classifier.load(tmp_path / "cut", precision="fp32").predict_proba(TEXTS),
-        Classifier.load(tmp_path / "full", precision="fp32").predict_proba(TEXTS), atol=1e-6
+        Classifier.load(full.run_dir, precision="fp32").predict_proba(TEXTS), atol=1e-6
     )
+    _assert_same_run(tmp_path / "cut", full)
+
+
+# 5 steps an epoch, a checkpoint after each: step 7 is one in mid-epoch, step 10 the one that ends
+# epoch 2 and carries that epoch's best weights.
+@pytest.mark.parametrize("step", [7, 10], ids=["mid-epoch", "end-of-epoch"])
+def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one(resumable, tmp_path, monkeypatch, step):
+    """A checkpoint is several pieces (trainable weights, optimiser and RNG state, best weights). The
+    process dies after the first is written and before the rest: the resumed run must start from one
+    whole checkpoint and take exactly the uninterrupted run's steps, not pair new weights with an old
+    optimiser and step count."""
+    cfg, full = resumable
+    real_save, calls = torch.save, []
+
+    def save_then_die(*args, **kwargs):  # torch.save writes the optimiser/RNG/step piece
+        calls.append(1)
+        if len(calls) == step:  # the checkpoint after step `step`, its weights already on disk
+            raise Crash
+        return real_save(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save_then_die)
+        with pytest.raises(Crash):
+            train(cfg, tmp_path / "cut", progress=False)
+    assert len(calls) == step  # it died in that checkpoint, not in some other write
+    assert not (tmp_path / "cut" / "sentilora.json").exists()
+    train(cfg, tmp_path / "cut", resume=True, progress=False)
+    _assert_same_run(tmp_path / "cut", full)
+
+
+def test_resume_after_a_kill_mid_log_line(resumable, tmp_path):
+    """A kill can cut the last line of train_log.jsonl short; resume drops it with the lines after
+    the checkpoint, and the log ends up as the uninterrupted run's."""
+    cfg, full = resumable
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", progress=False, on_step=_crash_at(7))
+    with open(tmp_path / "cut" / "train_log.jsonl", "a") as f:
+        f.write('{"step": 8, "epoch": 2, "lo')  # the next line, half written
+    train(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert (tmp_path / "cut" / "train_log.jsonl").read_text().count("\n") == full.steps
+    _assert_same_run(tmp_path / "cut", full)
 
 
 def test_epoch_batches_cover_every_row_once():
@@ -115,14 +186,35 @@ def test_epoch_batches_cover_every_row_once():
     assert spread < 0.2 * np.ptp(lengths)  # length-grouped batches hold similar lengths
 
 
-def test_early_stopping_keeps_best_epoch(tiny_models, dataset, tmp_path):
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_keeps_best_epoch(tiny_models, dataset, tmp_path, patience):
     train_csv, test_csv = dataset()
     cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{
-        "train.epochs": 6, "train.early_stopping_patience": 1, "train.select_metric": "loss"})
+        "train.epochs": 6, "train.early_stopping_patience": patience, "train.select_metric": "loss"})
     result = train(cfg, tmp_path / "run", progress=False)
     losses = [h["loss"] for h in result.history]
     assert result.best_metrics["loss"] == min(losses)
     assert len(result.history) == 6 or losses[-1] >= min(losses)  # stopped only after a non-improving epoch
+
+    # Patience arithmetic: the run ends after the first epoch that makes `patience` epochs in a row
+    # without a new best (lower validation loss). On this data that happens well before epoch 6.
+    best, bad, stop = float("inf"), 0, None
+    for epoch, loss in enumerate(losses, 1):
+        best, bad = (loss, 0) if loss < best else (best, bad + 1)
+        if bad == patience:
+            stop = epoch
+            break
+    assert stop is not None and stop < 6, f"early stopping never fired: validation losses {losses}"
+    assert len(result.history) == stop and result.steps == stop * 5  # 5 steps an epoch; nothing ran after it
+    best_epoch = losses.index(min(losses)) + 1
+    assert result.best_epoch == best_epoch == json.loads((tmp_path / "run" / "history.json").read_text())["best_epoch"]
+    assert best_epoch < stop
+
+    # The bundle holds the best epoch's weights, not the last epoch's: reloaded, it scores the
+    # validation split exactly as the best epoch did (and the last epoch scored differently).
+    assert abs(losses[-1] - losses[best_epoch - 1]) > 1e-5
+    val = evaluate_run(tmp_path / "run", split="validation", precision="fp32")["metrics"]
+    assert val["loss"] == pytest.approx(losses[best_epoch - 1], abs=1e-6)
 
 
 def test_refuses_to_overwrite_a_run(tiny_models, dataset, tmp_path):

@@ -46,7 +46,13 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: 
 
 
 def collate(batch: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch of id lists to its longest member (dynamic padding)."""
+    """Pad a batch of id lists to its longest member (dynamic padding).
+
+    Kept rather than `tokenizer.pad`: the tensors are identical, but `pad` took 2.38 ms against
+    0.96 ms for a 32 x 256-token batch (MiniLM tokenizer), warns on every fast tokenizer that
+    `__call__` would be faster, and would need the tokenizer threaded into the frozen-prefix cache
+    and the ONNX path, which only know the pad id.
+    """
     width = max(len(s) for s in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -19,6 +19,7 @@ from rich.console import Console
 from sentilora.config import PRESETS, Config, all_options, parse_overrides
 from sentilora.config import preset as preset_overrides
 from sentilora.errors import SentiloraError
+from sentilora.guard import ServeSettings  # light: no torch, no FastAPI; the serve command's defaults
 
 app = typer.Typer(
     name="sentilora",
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+_SERVE_DEFAULTS = ServeSettings()
 MAX_LENGTH_HELP = ("Tokens read per text, cut with the truncation the model was trained with. Default: the bundle's "
                    "prediction length (for runs trained by this version: all the encoder takes, e.g. 512; shorter is faster).")
 
@@ -78,10 +80,9 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             _quiet_libraries()
             return fn(*args, **kwargs)
         except SentiloraError as e:
-            from rich.markup import escape
-
-            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # keeps "sentilora[ray]" as typed
-            raise typer.Exit(2) from None
+            _fail(str(e))
+        except OSError as e:  # the library's own errors are SentiloraErrors; this is the file system speaking
+            _fail(os_error_message(e))
         except KeyboardInterrupt:
             err.print("[yellow]interrupted.[/]")
             raise typer.Exit(130) from None
@@ -89,30 +90,41 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _fail(message: str) -> None:
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # keeps "sentilora[ray]" as typed
+    raise typer.Exit(2) from None
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a file-system error: the path, what went wrong and what to do."""
+    import errno
+
+    path = e.filename or "a file"
+    other = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+    fixes = {
+        errno.ENOENT: "no such file or folder; check the path",
+        errno.EACCES: "permission denied; pick a path you can read and write, or change its permissions",
+        errno.EPERM: "operation not permitted; pick another path",
+        errno.EISDIR: "is a folder where a file was expected; give a file path",
+        errno.ENOTDIR: "a file is in the way where a folder was expected; give another path",
+        errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+        errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+        errno.EROFS: "the file system is read-only; write elsewhere",
+        errno.EEXIST: "already exists; choose a new path or remove it",
+        errno.ENOTEMPTY: "folder is not empty; choose a new path or remove it",
+    }
+    what = fixes.get(e.errno) or (e.strerror or type(e).__name__).lower()
+    return f"{path}{other}: {what}."
+
+
 def _sample_progress(total: int | None, what: str, unit: str = "texts") -> tuple[Any, Callable[[int], None]]:
     """A progress bar with rate and ETA on a terminal; a log line every 30 s elsewhere (CI, nohup)."""
-    import time
+    from sentilora.progress import Progress
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
-    task = bar.add_task(what, total=total, rate="")
-    t0 = last = time.perf_counter()
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done, last
-        done += n
-        now = time.perf_counter()
-        rate = done / max(now - t0, 1e-9)
-        bar.update(task, advance=n, rate=f"{rate:,.1f} {unit}/s")
-        if not err.is_terminal and now - last >= 30:
-            last = now
-            eta = f", ETA {((total or done) - done) / rate:,.0f}s" if total else ""
-            logging.getLogger("sentilora").info("%s: %s/%s %s, %.1f %s/s%s", what, f"{done:,}", f"{total:,}" if total else "?", unit, rate, unit, eta)
-
-    return bar, tick
+    bar = Progress(total, what, unit=unit, console=err, transient=True)
+    return bar, bar.advance
 
 
 @app.command(
@@ -307,6 +319,9 @@ def predict(
         bad = f"; {res.bad_rows} rows could not be scored (see the error column)" if res.bad_rows else ""
         out.print(f"scored {res.rows} rows -> {output} ({res.chunks} Parquet file{'s' * (res.chunks != 1)} in row order){bad}")
         return
+    if input and not Path(input).is_file():  # before the model loads: that takes a while
+        raise SentiloraError(f"{input}: {'is a folder, not a file' if Path(input).is_dir() else 'file not found'}. "
+                             "Check the path passed to --input.")
     clf = Classifier.load(run_dir, precision=precision, threads=threads, max_length=max_length)
     if input:
         from sentilora.scoring import count_rows, score_file
@@ -391,19 +406,29 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind. Anything but loopback requires "
                                        "an API key in $SENTILORA_API_KEY.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    max_texts: Annotated[int, typer.Option("--max-texts", help="Texts per request (more: 422).")] = 64,
-    max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text (more: 422).")] = 20_000,
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Request body size (more: 413).")] = 2_000_000,
+    # The defaults from here on are ServeSettings' own, declared once there. sentilora.guard imports
+    # neither torch nor FastAPI, so reading it here costs the other commands nothing.
+    max_texts: Annotated[int, typer.Option("--max-texts", help="Texts per request (more: 422).")] = (
+        _SERVE_DEFAULTS.max_texts),
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Characters per text (more: 422).")] = (
+        _SERVE_DEFAULTS.max_chars),
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Request body size (more: 413).")] = (
+        _SERVE_DEFAULTS.max_body_bytes),
     queue_texts: Annotated[int, typer.Option("--queue-texts", help="Texts allowed to wait for the model; "
-                                             "beyond it requests get 503 + Retry-After.")] = 1024,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a request may take, queueing included (then 504).")] = 30.0,
+                                             "beyond it requests get 503 + Retry-After.")] = _SERVE_DEFAULTS.queue_texts,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a request may take, queueing included "
+                                           "(then 504).")] = _SERVE_DEFAULTS.timeout_s,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a request waits for others "
-                                               "to share its model call.")] = 2.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Padded tokens per forward pass.")] = 8192,
-    no_batching: Annotated[bool, typer.Option("--no-batching", help="One request per model call (for comparison).")] = False,
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where supported), fp32 or bf16.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the model.")] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
+                                               "to share its model call.")] = _SERVE_DEFAULTS.max_wait_ms,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Padded tokens per forward pass.")] = (
+        _SERVE_DEFAULTS.max_tokens),
+    no_batching: Annotated[bool, typer.Option("--no-batching", help="One request per model call (for comparison).")] = (
+        not _SERVE_DEFAULTS.batching),
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where supported), fp32 or bf16.")] = (
+        _SERVE_DEFAULTS.precision),
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the model.")] = (
+        _SERVE_DEFAULTS.threads),
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = _SERVE_DEFAULTS.max_length,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: POST /v1/classify, GET /v1/models, /healthz, /readyz, /metrics, a web page at /.

@@ -320,6 +320,11 @@ def _strip_optional(typ: Any) -> Any:
 
 
 def _coerce(value: Any, typ: Any, flag: str) -> Any:
+    # Kept rather than pydantic's TypeAdapter: pydantic is not a core dependency (only the serve
+    # extra brings it), its lax mode accepts what a config should refuse (True or 3.0 for an int,
+    # "on"/"t" for a bool), and every error here must name the flag and the fix in one line, which
+    # would take a mapping of its error types as long as this function. The types are few: int,
+    # float, bool, str, Literal, list[str], and Optional of those.
     base = _strip_optional(typ)
     if value is None:
         if base is typ:

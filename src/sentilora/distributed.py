@@ -6,6 +6,10 @@ PMI_* when accelerate starts CPU processes through it). With more than one, `pro
 them (gloo for CPU tensors and object messages, NCCL for CUDA tensors), and the training loop uses
 the few collectives of `Dist`. With one, nothing here touches torch.distributed: every method is a
 pass-through and the run is exactly the one-process run.
+
+Kept rather than accelerate's `PartialState` + `gather_object`/`broadcast_object_list`: it picks one
+backend (NCCL alone on GPUs, MPI where torch has it) while the messages here need gloo beside NCCL,
+and it has no counterpart of `on_main`/`everywhere` (one process's error raised on all of them).
 """
 
 from __future__ import annotations

@@ -96,6 +96,7 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int, n_bo
     n, k = len(y_true), n_classes
     codes = y_true * k + y_pred  # one confusion-matrix cell per row
     rng = np.random.default_rng(seed)
+    # kept over scipy.stats.bootstrap: same intervals, but 25,000 rows x 1000 took 0.51 s paired (0.20 s on codes, batched) vs 0.15 s
     acc, f1 = np.empty(n_boot), np.empty(n_boot)
     for b in range(n_boot):
         cm = np.bincount(codes[rng.integers(0, n, n)], minlength=k * k).reshape(k, k)

@@ -20,7 +20,7 @@ from sentilora.batching import autocast, collate, length_sorted_batches, pick_de
 from sentilora.bundle import Manifest, load_bundle, load_tokenizer_folder, save_bundle, save_merged
 from sentilora.calibration import calibrated_probs, decide
 from sentilora.errors import BundleError, ConfigError
-from sentilora.files import check_new_folder, first_line
+from sentilora.files import check_new_folder, first_line, new_folder
 from sentilora.tables import check_texts
 from sentilora.tokens import chunk_windows, encode, position_limit, special_tokens
 
@@ -216,11 +216,11 @@ class Classifier:
             raise BundleError("an ONNX classifier is saved by `sentilora export`; copy its folder instead.")
         if self.weights_cast:
             raise BundleError("this classifier holds bf16 inference weights; load it with precision='fp32' to save it.")
-        path.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.model, "peft_config"):
-            save_bundle(self.model, self.tokenizer, self.manifest, path)
-        else:  # merged (on disk or in memory)
-            save_merged(self.model, self.tokenizer, self.manifest, path)
+        with new_folder(path) as tmp:
+            if hasattr(self.model, "peft_config"):
+                save_bundle(self.model, self.tokenizer, self.manifest, tmp)
+            else:  # merged (on disk or in memory)
+                save_merged(self.model, self.tokenizer, self.manifest, tmp)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.manifest.truncation)

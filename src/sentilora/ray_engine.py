@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sentilora.errors import DataError, SentiloraError
+from sentilora.files import first_line
 
 if TYPE_CHECKING:  # importing scoring loads torch: the small remote tasks below need only pyarrow
     from sentilora.scoring import ScoreResult
@@ -189,8 +190,7 @@ def _first_line(e: BaseException) -> str:
         if not isinstance(inner, BaseException) or inner is e:
             break
         e = inner
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+    return first_line(e)
 
 
 def _first_sentence(e: BaseException) -> str:
@@ -266,6 +266,50 @@ def check_output(fs: Any, folder: str, rows: int) -> tuple[list[str], int]:
     return files, bad
 
 
+def _chunks(ray: Any, fs: Any, files: list[str], ext: str, input_path: str, text_column: str,
+            chunk_rows: int) -> tuple[list[Any], list[int]]:
+    """The input as Ray object refs of Arrow tables, cut at the local engine's chunk boundaries, and
+    the row count of each input block."""
+    try:
+        blocks = _read(ray, fs, files, ext, text_column).to_arrow_refs()
+        info = ray.get([ray.remote(_block_info).remote(b) for b in blocks])
+    except Exception as e:  # Ray wraps reader errors (ArrowInvalid, UnicodeDecodeError, OSError ...) in its own
+        raise DataError(f"{input_path}: could not read as {ext[1:].upper()} ({_first_sentence(e)}). {READ_HINTS[ext]} "
+                        "The local engine (no --engine ray) names the row at fault.") from None
+    counts = [n for n, _ in info]
+    if not sum(counts):
+        raise DataError(f"{input_path}: no rows to score.")
+    import pyarrow as pa
+
+    try:
+        schema = pa.unify_schemas([s for _, s in info], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise DataError(f"{input_path}: the files disagree on column types ({_first_line(e)}).") from None
+    if text_column not in schema.names:
+        raise DataError(f"{input_path}: no column '{text_column}' (columns: {', '.join(schema.names)}). "
+                        "Pass the right one with --text-column.")
+    if ROW_ID in schema.names:
+        raise DataError(f"{input_path}: already has a column '{ROW_ID}', which the Ray engine adds; rename it.")
+    make_chunk = ray.remote(_make_chunk)
+    chunks = [make_chunk.remote(first, [(i, lo, hi) for i, (_, lo, hi) in enumerate(pieces)], schema,
+                                *[blocks[b] for b, _, _ in pieces])
+              for first, pieces in chunk_plan(counts, chunk_rows)]
+    del blocks  # each chunk task holds what it needs
+    ray.wait(chunks, num_returns=len(chunks), fetch_local=False)  # done before the actors take every CPU
+    return chunks, counts
+
+
+def _pool(ray: Any, actors: int | tuple[int, int] | None, threads: int, n_chunks: int) -> tuple[Any, Any]:
+    """The actor pool: a fixed size or an autoscaling range, never more actors than chunks."""
+    if actors is None:
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
+    if isinstance(actors, int):  # no actor without a chunk to score: each one loads the model
+        actors = min(actors, n_chunks)
+        return actors, ray.data.ActorPoolStrategy(size=actors)
+    actors = (min(actors[0], n_chunks), min(actors[1], n_chunks))
+    return actors, ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1])
+
+
 def score_file_ray(
     run: str | Path,
     input_path: str | Path,
@@ -322,42 +366,10 @@ def score_file_ray(
         if nodes > 1 and not out.remote:
             log.warning("%s is a local path on a %d-node cluster: it must be a shared filesystem, or use s3://...",
                         output_path, nodes)
-        try:
-            blocks = _read(ray, fs, files, ext, text_column).to_arrow_refs()
-            info = ray.get([ray.remote(_block_info).remote(b) for b in blocks])
-        except Exception as e:  # Ray wraps reader errors (ArrowInvalid, UnicodeDecodeError, OSError ...) in its own
-            raise DataError(f"{input_path}: could not read as {ext[1:].upper()} ({_first_sentence(e)}). {READ_HINTS[ext]} "
-                            "The local engine (no --engine ray) names the row at fault.") from None
-        counts = [n for n, _ in info]
-        if not sum(counts):
-            raise DataError(f"{input_path}: no rows to score.")
-        import pyarrow as pa
-
-        try:
-            schema = pa.unify_schemas([s for _, s in info], promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise DataError(f"{input_path}: the files disagree on column types ({_first_line(e)}).") from None
-        if text_column not in schema.names:
-            raise DataError(f"{input_path}: no column '{text_column}' (columns: {', '.join(schema.names)}). "
-                            "Pass the right one with --text-column.")
-        if ROW_ID in schema.names:
-            raise DataError(f"{input_path}: already has a column '{ROW_ID}', which the Ray engine adds; rename it.")
-        make_chunk = ray.remote(_make_chunk)
-        chunks = [make_chunk.remote(first, [(i, lo, hi) for i, (_, lo, hi) in enumerate(pieces)], schema,
-                                    *[blocks[b] for b, _, _ in pieces])
-                  for first, pieces in chunk_plan(counts, chunk_rows)]
-        del blocks  # each chunk task holds what it needs
-        ray.wait(chunks, num_returns=len(chunks), fetch_local=False)  # done before the actors take every CPU
+        chunks, counts = _chunks(ray, fs, files, ext, str(input_path), text_column, chunk_rows)
         t_read = time.perf_counter()
 
-        if actors is None:
-            actors = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
-        if isinstance(actors, int):  # no actor without a chunk to score: each one loads the model
-            actors = min(actors, len(chunks))
-            pool = ray.data.ActorPoolStrategy(size=actors)
-        else:
-            actors = (min(actors[0], len(chunks)), min(actors[1], len(chunks)))
-            pool = ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1])
+        actors, pool = _pool(ray, actors, threads, len(chunks))
         scored = ray.data.from_arrow_refs(chunks).map_batches(
             ChunkScorer, batch_size=None, batch_format="pyarrow", compute=pool, num_cpus=threads,
             fn_constructor_kwargs=dict(run=str(run), text_column=text_column, batch_size=batch_size,

@@ -183,7 +183,8 @@ def score_file(
         scored, n_bad = score_chunk(clf, chunk, text_column, batch_size=batch_size, long_texts=long_texts, progress=progress)
         name = _part_name(i, ext)
         _write_part(scored, parts_dir / name, first=i == 0)
-        done.append({"file": name, "first_row": rows, "rows": len(scored), "bad": n_bad, "input_hash": _rows_hash(chunk)})
+        done.append({"file": name, "first_row": rows, "rows": len(scored), "bad": n_bad, "input_hash": _rows_hash(chunk),
+                     "sha256": _file_hash(parts_dir / name)})
         atomic_write_json(manifest_path, {"signature": sig, "input": str(input_path), "parts": done})
         rows += len(scored)
         bad += n_bad
@@ -211,12 +212,15 @@ def _finished_parts(parts_dir: Path, manifest_path: Path, sig: str) -> list[dict
     if state.get("signature") != sig:
         raise DataError(f"{parts_dir}: that job scored another input, model or settings; delete the folder to start over.")
     for n, p in enumerate(parts):
-        if not {"file", "first_row", "rows", "bad", "input_hash"} <= set(p):
+        if not {"file", "first_row", "rows", "bad", "input_hash", "sha256"} <= set(p):
             raise DataError(f"{manifest_path}: part {n} has no row range or input hash (written by an older "
                             f"version); delete {parts_dir} to start over.")
         if not (parts_dir / p["file"]).is_file():
             raise DataError(f"{parts_dir}: {p['file']} (rows {p['first_row'] + 1}-{p['first_row'] + p['rows']}) is missing; "
                             "its rows would be lost. Delete the folder to start over.")
+        if _file_hash(parts_dir / p["file"]) != p["sha256"]:
+            raise DataError(f"{parts_dir / p['file']}: not the part this job wrote (its content changed); its rows "
+                            f"{p['first_row'] + 1}-{p['first_row'] + p['rows']} cannot be trusted. Delete the folder to start over.")
     return list(parts)
 
 
@@ -228,6 +232,14 @@ def _check_part(part: dict[str, Any], chunk: pd.DataFrame, first_row: int, parts
             f"another input (this input's rows {first_row + 1}-{first_row + len(chunk)} differ). "
             "Delete the folder to start over."
         )
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _conform_columns(chunk: pd.DataFrame, columns: list[Any] | None, path: Path, text_column: str, *, first_row: int) -> list[Any]:

@@ -53,7 +53,12 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 def chunk_windows(ids: Sequence[int], prefix: list[int], suffix: list[int], max_length: int) -> list[list[int]]:
-    """Split one over-long text into overlapping windows (a quarter overlap), each with special tokens."""
+    """Split one over-long text into overlapping windows (a quarter overlap), each with special tokens.
+
+    Kept rather than a fast tokenizer's `return_overflowing_tokens` + `stride`: that leaves a short
+    last window (the tail of the text read with little context), where this one ends the last window
+    at the text's end so every window is full; and it works from ids already computed.
+    """
     body = list(ids)
     size = max_length - len(prefix) - len(suffix)
     if len(body) <= size:
