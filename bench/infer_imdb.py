@@ -104,7 +104,7 @@ def worker(system: str, out: Path) -> None:
         # with the bundle's tokenizer, which sentilora saved with its own 256-token training length.
         from transformers import AutoConfig
 
-        from sentilora.model import Manifest
+        from sentilora.bundle import Manifest
 
         tok = AutoTokenizer.from_pretrained(str(MERGED))
         tok.model_max_length = (AutoConfig.from_pretrained(str(MERGED)).max_position_embeddings if system == "reference"

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sentilora.errors import BundleError
-from sentilora.files import atomic_write_json, first_line, new_folder
+from sentilora.files import atomic_write_json, first_line, new_folder, read_json_object
 from sentilora.model import fingerprint, load_base_model
 
 BUNDLE_FORMAT = 1
@@ -84,11 +84,9 @@ class Manifest:
             )
         damaged = f"{path}: the manifest is damaged"
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{damaged} ({first_line(e)}). Re-create the bundle (train, merge or export again).") from None
-        if not isinstance(raw, dict):
-            raise BundleError(f"{damaged} (a JSON {type(raw).__name__}, not an object). Re-create the bundle.")
+            raw = read_json_object(path)
+        except ValueError as e:
+            raise BundleError(f"{damaged} ({e}). Re-create the bundle (train, merge or export again).") from None
         if raw.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{path}: bundle format {raw.get('format')} is not supported by this version.")
         try:
@@ -124,12 +122,9 @@ def adapter_config(folder: Path) -> dict[str, Any]:
         raise BundleError(f"{folder}: adapter/adapter_config.json is missing; the bundle is incomplete. "
                           "Copy the whole bundle folder again, or re-train.")
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: damaged ({first_line(e)}). Copy the bundle again, or re-train.") from None
-    if not isinstance(cfg, dict):
-        raise BundleError(f"{path}: damaged (not a JSON object). Copy the bundle again, or re-train.")
-    return cfg
+        return read_json_object(path)
+    except ValueError as e:
+        raise BundleError(f"{path}: damaged ({e}). Copy the bundle again, or re-train.") from None
 
 
 def _check_head(folder: Path, man: Manifest) -> None:

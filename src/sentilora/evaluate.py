@@ -84,6 +84,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score a run bundle on a split; write metrics.json (in the run folder unless `output` is set).
 
+    The data options are `load_eval_split`'s, passed through (a parallel signature, not shared logic).
+
     Predictions use the bundle's stored temperature and threshold, as every prediction path does.
     With `report`, also write report.html and its PNGs to `report_dir` (default RUN_DIR/report);
     the report's before/after scores the base model on a seeded subsample of `base_sample` rows

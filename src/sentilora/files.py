@@ -35,28 +35,25 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or every file under a folder, and the folder entries, to the disk."""
-    if path.is_dir():
+def _fsync(path: Path, *, recursive: bool = True) -> None:
+    """Flush a file, or a folder's entries (and with `recursive` every file under it), to the disk."""
+    if recursive and path.is_dir():
         for sub in path.rglob("*"):
             if sub.is_file():
                 _fsync(sub)
-        _fsync_dir(path)
-        return
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return  # some file systems (and Windows) cannot open a folder
+        raise
     try:
         os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems (and Windows) cannot open a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove(path: Path) -> None:
@@ -77,7 +74,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync(path.parent, recursive=False)  # the rename itself
     finally:
         remove(tmp)
 
@@ -115,6 +112,17 @@ def new_folder(path: str | Path, *, hint: str = "choose a new folder or delete i
         yield tmp
         if path.is_dir():
             path.rmdir()  # empty (checked above); os.replace cannot put a folder over a folder
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file that must hold one object; ValueError says what is wrong with it (callers add the fix)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(first_line(e)) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 The same rows, columns and predictions as the local engine (`scoring.py`), computed by a pool of Ray
 actors that each load the model once and score whole chunks with `scoring.prediction_columns`.
+About 400 lines: Ray, its file systems and its error wrapping need their own handling, and keeping
+it in one module keeps the optional dependency out of every other one.
 
 1. Ray Data reads the input (CSV, TSV, JSONL or Parquet; one file or a folder of them, local or
    s3://...) with `preserve_order` on, into blocks in file order.

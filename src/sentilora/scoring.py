@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sentilora.errors import DataError
-from sentilora.files import atomic_path, atomic_write_json
+from sentilora.files import atomic_path, atomic_write_json, read_json_object
 from sentilora.predict import Classifier, LongTexts
 from sentilora.tables import count_rows, iter_table, json_records, table_format, text_problem, write_table
 
@@ -205,9 +205,9 @@ def _finished_parts(parts_dir: Path, manifest_path: Path, sig: str) -> list[dict
     if not manifest_path.is_file():
         return []  # killed before its first part was recorded
     try:
-        state = json.loads(manifest_path.read_text(encoding="utf-8"))
+        state = read_json_object(manifest_path)
         parts = state["parts"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError):
         raise DataError(f"{manifest_path}: damaged; delete {parts_dir} to start over.") from None
     if state.get("signature") != sig:
         raise DataError(f"{parts_dir}: that job scored another input, model or settings; delete the folder to start over.")
