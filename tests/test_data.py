@@ -177,6 +177,33 @@ def test_label_names_argument_maps_string_and_int_labels(tmp_path: Path) -> None
         load_data(cfg, need=("train",), label_names=["a", "b"])
 
 
+SST5 = ["very negative", "negative", "neutral", "positive", "very positive"]
+
+
+@pytest.mark.parametrize(("labels", "expect"), [
+    (["positive", "very negative", "neutral", "very positive", "negative"], SST5),  # SST-5: a scale, not the alphabet
+    (["Very_Positive", "NEGATIVE", "very-negative"], ["very-negative", "NEGATIVE", "Very_Positive"]),
+    (["10", "2", "1", "5"], ["1", "2", "5", "10"]),  # numbers by value
+    (["5 stars", "1 star", "10 stars"], ["1 star", "5 stars", "10 stars"]),
+    (["neg", "pos"], ["neg", "pos"]),  # already in order: unchanged
+    (["c", "very negative", "a"], ["a", "c", "very negative"]),  # not all on a scale: alphabetical
+    (["negative", "3", "positive"], ["3", "negative", "positive"]),  # two scales mixed: alphabetical
+    (["neg", "negative", "pos"], ["neg", "negative", "pos"]),  # two names for one point: alphabetical
+])
+def test_string_labels_keep_their_natural_order(tmp_path: Path, labels: list[str], expect: list[str]) -> None:
+    rows = [{"text": f"text {i}", "label": labels[i % len(labels)]} for i in range(3 * len(labels))]
+    data = load(tmp_path, {"r.jsonl": "".join(json.dumps(r) + "\n" for r in rows)}, source="r.jsonl")
+    assert data.label_names == expect
+    assert [data.label_names[i] for i in data.splits["train"].labels] == [r["label"] for r in rows]
+
+
+def test_label_names_order_wins_over_the_scale(tmp_path: Path) -> None:
+    rows = "".join(f"text {i},{SST5[i % 5]}\n" for i in range(10))
+    mine = ["very positive", "positive", "neutral", "negative", "very negative"]
+    assert load(tmp_path, {"r.csv": "text,label\n" + rows}, source="r.csv", label_names=mine).label_names == mine
+    assert load(tmp_path, {}, source="r.csv").label_names == SST5
+
+
 def test_multiclass_stratified_carve_out(tmp_path: Path) -> None:
     df = frame(300, classes=("neg", "neutral", "pos"))
     df.loc[:149, "label"] = "pos"  # unbalanced: pos 200, neg 50, neutral 50

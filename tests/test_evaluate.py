@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+
 import numpy as np
 import pytest
 
@@ -34,3 +38,95 @@ def test_multiclass_reports_macro_and_per_class():
 def test_roc_auc_is_none_when_a_class_is_absent():
     m = compute_metrics(np.array([1, 1]), np.array([[0.3, 0.7], [0.6, 0.4]]), n_classes=2)
     assert m["roc_auc"] is None and m["accuracy"] == 0.5
+
+
+# ---- the TF-IDF baseline beside the model ------------------------------------------------------
+
+
+def test_baseline_fits_and_scores_every_class():
+    from conftest import make_rows
+
+    from sentilora.baseline import fit_baseline
+
+    df = make_rows(60, ["negative", "neutral", "positive"], seed=1)
+    y = df.label.map({"negative": 0, "neutral": 1, "positive": 2}).tolist()
+    b = fit_baseline(df.text.tolist(), y, n_classes=4, seed=0)  # class 3 has no training rows
+    probs = b.predict_proba(["A great and wonderful film.", "Awful, boring plot."])
+    assert probs.shape == (2, 4) and np.allclose(probs.sum(axis=1), 1) and (probs[:, 3] == 0).all()
+    assert probs.argmax(axis=1).tolist() == [2, 0] and b.train_n == 60 and b.fit_seconds > 0
+
+
+@pytest.mark.parametrize(("model", "base", "expect"), [
+    (0.9, 0.8, "sentilora beats the TF-IDF + logistic-regression baseline by 10.0 points (0.9000 vs 0.8000; the baseline fitted in 1.2 s)."),
+    (0.8, 0.8, ("The TF-IDF + logistic-regression baseline is as good or better here (accuracy 0.8000 vs 0.8000, fitted in under "
+                "0.1 s): the transformer is not worth it on this data yet; more labelled data usually changes that.")),
+])
+def test_baseline_verdict(model, base, expect):
+    from sentilora.baseline import verdict
+
+    assert verdict(model, {"metrics": {"accuracy": base}, "fit_seconds": 1.23 if model > base else 0.02}) == expect
+
+
+def test_evaluate_shows_the_baseline_beside_the_model(trained_run, tmp_path):
+    from rich.console import Console
+
+    from sentilora.evaluate import evaluate_run, metrics_table
+
+    result = evaluate_run(trained_run("bert"), output=tmp_path / "m.json")
+    b = result["baseline"]
+    assert b["metrics"]["n"] == result["metrics"]["n"] == 24 and b["fit_seconds"] > 0
+    assert b["train_n"] == 36 and b["name"] == "TF-IDF 1-2 grams + logistic regression"  # the 48 rows less the 25% validation
+    assert json.loads((tmp_path / "m.json").read_text())["baseline"] == b
+    console = Console(width=120, record=True)
+    console.print(metrics_table(result))
+    assert "TF-IDF + LR" in console.export_text()
+    assert "baseline" not in evaluate_run(trained_run("bert"), output=tmp_path / "m.json", baseline=False)
+    assert "baseline" not in json.loads((tmp_path / "m.json").read_text())
+
+
+def test_no_baseline_when_the_training_data_is_gone(trained_run, tmp_path, caplog):
+    from sentilora.config import Config
+    from sentilora.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("bert"), run)
+    cfg = Config.from_yaml(run / "config.yaml").override({"data.source": str(tmp_path / "gone.csv")})
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    with caplog.at_level(logging.INFO, logger="sentilora.evaluate"):
+        result = evaluate_run(run, data=str(trained_run("bert").parent / "test.csv"))
+    assert "baseline" not in result and result["metrics"]["n"] == 24
+    assert "no TF-IDF baseline: the run's training data is not available" in caplog.text
+
+
+def test_cli_evaluate_prints_the_verdict(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from sentilora.baseline import verdict
+    from sentilora.cli import app
+
+    r = CliRunner().invoke(app, ["evaluate", str(trained_run("bert")), "--output", str(tmp_path / "m.json")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "m.json").read_text())
+    said = " ".join(r.output.split())  # the console wraps long lines
+    model, base = result["metrics"]["accuracy"], result["baseline"]["metrics"]["accuracy"]
+    assert "TF-IDF + LR" in r.output and verdict(model, result["baseline"]) in said
+    assert "baseline" in said and f"{model:.4f}" in said and f"{base:.4f}" in said
+
+    r = CliRunner().invoke(app, ["evaluate", str(trained_run("bert")), "--output", str(tmp_path / "m.json"), "--no-baseline"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and "TF-IDF" not in r.output and "baseline" not in json.loads((tmp_path / "m.json").read_text())
+
+
+def test_train_warns_when_the_training_set_is_small(tiny_models, dataset, tmp_path, caplog):
+    """48 rows: 18 per class after the validation carve-out, and 12 validation texts."""
+    from conftest import tiny_config
+
+    from sentilora.train import train
+
+    train_csv, test_csv = dataset()
+    with caplog.at_level(logging.WARNING, logger="sentilora.train"):
+        train(tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.epochs": 1}), tmp_path / "run", progress=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "sentilora.train"]
+    assert any(m.startswith("only 18 training texts of class 'negative', the smallest: expect an unreliable model")
+               and "sentilora evaluate" in m for m in said)
+    assert "validation on 12 texts: the best-epoch choice is noise" in said

@@ -79,3 +79,48 @@ def test_export_refuses_a_taken_folder(run_dir, tmp_path):
     with pytest.raises(SentiloraError, match="folder exists and is not empty"):
         export_onnx(run_dir, tmp_path / "taken", texts=TEXTS)
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_int8_records_what_it_kept_in_fp32(run_dir, tmp_path):
+    out = tmp_path / "int8"
+    check = export_onnx(run_dir, out, quantize="int8", texts=TEXTS * 5)
+    info = json.loads((out / "sentilora.json").read_text())["export"]["int8"]
+    assert info["passed"] and info["fp32_nodes"] == [] and check["int8_fp32_nodes"] == []  # plain int8 passed here
+    assert check["heldout"]["texts"] == 200 and 0 <= check["heldout"]["label_agreement"] <= 1
+    assert not (out / "model.onnx.work").exists()
+
+
+def test_int8_search_keeps_the_most_sensitive_nodes_in_fp32(run_dir, tmp_path, monkeypatch):
+    """When plain int8 misses the gate, the most sensitive nodes stay fp32 until it passes."""
+    from sentilora import quantize as Q
+
+    kept: list[list[str]] = []
+    real = Q.quantize
+
+    def recording(src, dst, *, exclude=(), only=None):
+        if only is None:
+            kept.append(list(exclude))
+        real(src, dst, exclude=exclude, only=only)
+
+    monkeypatch.setattr(Q, "quantize", recording)
+    # a gate the tiny model's int8 graph meets only with 3 nodes in fp32
+    monkeypatch.setattr(Q, "agreement", lambda ref, cand: 1.0 if len(kept[-1]) >= 3 else 0.9)
+    export_onnx(run_dir, tmp_path / "int8", quantize="int8", texts=TEXTS * 5)
+    info = json.loads((tmp_path / "int8" / "sentilora.json").read_text())["export"]["int8"]
+    assert [len(k) for k in kept] == [0, 1, 2, 3]  # plain, then 1, 2, 3 nodes left in fp32
+    assert info["fp32_nodes"] == kept[-1] and len(info["sensitivity"]) >= 3
+    ranked = list(info["sensitivity"])  # most sensitive first
+    assert info["fp32_nodes"] == ranked[:3]
+    assert "training texts" in info["calibration"] or "bundled" in info["calibration"]
+
+
+def test_int8_that_cannot_pass_says_what_it_reached(run_dir, tmp_path, monkeypatch):
+    from sentilora import quantize as Q
+
+    monkeypatch.setattr(Q, "agreement", lambda ref, cand: 0.97)
+    monkeypatch.setattr(Q, "EXCLUDE_STEPS", (1,))
+    with pytest.raises(ExportError) as e:
+        export_onnx(run_dir, tmp_path / "int8", quantize="int8", texts=TEXTS * 5, min_agreement=0.995)
+    message = str(e.value)
+    assert "no int8 graph reached 99.5%" in message and "--min-agreement" in message and "\n" not in message
+    assert not (tmp_path / "int8").exists()

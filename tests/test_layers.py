@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"model"},
     {"bundle", "prefix"},
     {"predict"},
-    {"report", "figures", "evaluate", "calibrate", "train", "train_step", "checkpoint", "scoring", "export"},
+    {"report", "figures", "evaluate", "baseline", "calibrate", "train", "train_step", "checkpoint", "scoring", "export", "quantize"},
     {"batcher", "guard", "serve", "ray_engine", "cli", "__init__", "__main__"},
 ]
 

@@ -50,8 +50,8 @@ def test_report_builds_with_valid_images(trained_run, tmp_path, arch, classes):
     result = evaluate_run(run, data=str(test_csv), report=True, report_dir=tmp_path / "report", base_sample=10)
     out = tmp_path / "report"
     page = (out / "report.html").read_text()
-    for section in ("Headline metrics", "Calibration", "Before and after fine-tuning", "Plots", "Error analysis",
-                    "most confident mistakes", "truncated"):
+    for section in ("Headline metrics", "Is the transformer worth it here?", "Calibration", "Before and after fine-tuning",
+                    "Plots", "Error analysis", "most confident mistakes", "truncated"):
         assert section in page
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(["confusion_matrix.png", "roc_pr.png", "reliability.png", "scores.png", "training.png", "length.png"])
@@ -65,6 +65,7 @@ def test_report_builds_with_valid_images(trained_run, tmp_path, arch, classes):
     summary = json.loads((out / "report.json").read_text())
     assert summary["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
     assert summary["base"]["rows"] == 10 and summary["n"] == 30
+    assert summary["baseline"] == result["baseline"] and summary["baseline"]["metrics"]["n"] == 30
     lo, hi = summary["bootstrap_95ci"]["accuracy"]
     assert lo <= summary["metrics"]["accuracy"] <= hi
     assert sum(t["rows"] for t in summary["truncation"]) == 30
@@ -96,6 +97,26 @@ def test_report_escapes_review_text(trained_run, tmp_path):
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<code>&lt;data&gt;.csv</code>" in page
     assert "<b>" in page  # the template's own markup (the bold headline column) is not escaped
+
+
+def test_report_shows_the_baseline_only_when_given(trained_run, tmp_path):
+    run = trained_run("bert")
+    y = np.arange(12) % 2
+    logits = np.where(np.eye(2)[y] == 1, 2.0, -2.0)  # every row right: accuracy 1
+    texts = [f"review {i}" for i in range(12)]
+    baseline = {"name": "TF-IDF 1-2 grams + logistic regression", "train_n": 36, "fit_seconds": 0.3,
+                "metrics": {"n": 12, "accuracy": 0.75, "f1": 0.7}}
+    page = write_report(tmp_path / "with", run_dir=run, clf=Classifier.load(run), data_origin="t.csv", texts=texts,
+                        labels=y, logits=logits, baseline=baseline).read_text()
+    said = " ".join(page.split())
+    assert "Is the transformer worth it here?" in page and "own 36 training texts" in said
+    assert ("sentilora beats the TF-IDF + logistic-regression baseline by 25.0 points (1.0000 vs 0.7500; "
+            "the baseline fitted in 0.3 s).") in said
+    assert "<td>accuracy</td><td>1.0000</td><td>0.7500</td><td>+0.2500</td>" in page
+    assert "<td>F1</td><td>1.0000</td><td>0.7000</td><td>+0.3000</td>" in page
+    page = write_report(tmp_path / "without", run_dir=run, clf=Classifier.load(run), data_origin="t.csv", texts=texts,
+                        labels=y, logits=logits).read_text()
+    assert "worth it" not in page and "TF-IDF" not in page
 
 
 def test_bootstrap_intervals():

@@ -307,3 +307,42 @@ def test_best_epoch_tie_goes_to_lower_loss():
     assert not _better({"accuracy": 0.81, "f1": 0.82, "loss": 0.50}, first, "accuracy")
     assert not _better({"accuracy": 0.80, "f1": 0.90, "loss": 0.10}, first, "accuracy")
     assert _better({"accuracy": 0.70, "f1": 0.70, "loss": 0.40}, first, "loss")
+
+
+def test_linear_schedule_and_its_replan():
+    from sentilora.train import LinearSchedule
+
+    plain = LinearSchedule(6, 100, 0.06)
+    # without a replan: (s + 1) / warmup, then linear decay to 0 at the planned end (the old formula)
+    assert [plain(s) for s in range(100)] == [(s + 1) / 6 if s < 6 else (100 - s) / 94 for s in range(100)]
+    cut = LinearSchedule(6, 100, 0.06)
+    before = cut(40)
+    cut.replan(40, 60)
+    after = [cut(s) for s in range(40, 61)]
+    assert after[0] == pytest.approx(before)  # no jump where the plan changes
+    assert after[-1] == 0.0 and all(a > b for a, b in zip(after, after[1:]))  # reaches 0 at the steps that fit
+    early = LinearSchedule(60, 1000, 0.06)
+    early.replan(10, 200)  # still warming up: a warm-up of 6% of the shorter run
+    assert early.warmup == 12 and early(11) == 1.0 and early(200) == 0.0
+
+
+def test_time_budget_fits_the_schedule_and_resumes_with_it(tiny_models, dataset, tmp_path, monkeypatch):
+    """With --train.max_minutes the LR decays to 0 by the time the budget ends, not after the planned epochs."""
+    from sentilora import train as T
+
+    train_csv, test_csv = dataset()
+    # A clock of one second per step: under 60 steps fit in a minute, far fewer than 40 epochs x 5 steps.
+    monkeypatch.setattr(T.Trainer, "elapsed", lambda self: float(self.state.step))
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv,
+                      **{"train.max_minutes": 1.0, "train.epochs": 40, "train.warmup_ratio": 0.1, "train.checkpoint_every": 1,
+                         "train.early_stopping_patience": 0})
+    full = train(cfg, tmp_path / "full", progress=False)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert 50 <= full.steps < 60 and lrs[-1] == 0.0  # validation time is reserved; the LR has decayed to 0
+    peak = lrs.index(max(lrs))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", progress=False, on_step=_crash_at(full.steps - 2))
+    train(cfg, tmp_path / "cut", resume=True, progress=False)  # the fitted plan travels in the checkpoint
+    resumed = [json.loads(line)["lr"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert resumed == pytest.approx(lrs, abs=1e-12)

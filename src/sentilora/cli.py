@@ -201,11 +201,14 @@ def evaluate(
     report_note: Annotated[Optional[str], typer.Option("--report-note", help="A sentence shown under the report's title, e.g. where the calibration data came from.")] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it, as `predict` uses), fp32 or bf16.")] = "auto",
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also fit TF-IDF + logistic regression on the run's own training texts and show it beside the model; --no-baseline skips it.")] = True,
 ) -> None:
     """Score a trained run: accuracy, precision, recall, F1, ROC-AUC, log-loss, ECE, confusion matrix.
 
-    Predictions use the temperature and threshold stored by `sentilora calibrate`, if any.
+    Predictions use the temperature and threshold stored by `sentilora calibrate`, if any. A TF-IDF +
+    logistic-regression baseline, fitted on the run's training texts, is shown beside the model.
     """
+    from sentilora.baseline import verdict
     from sentilora.evaluate import confusion_table, evaluate_run, metrics_table
 
     bar, tick = _sample_progress(None, "scoring")  # tuned model, then the base model if asked for
@@ -213,8 +216,10 @@ def evaluate(
         result = evaluate_run(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
                               compare_base=compare_base, batch_size=batch_size, output=output, progress=tick,
                               report=report or report_dir is not None, report_dir=report_dir, base_sample=base_sample,
-                              report_note=report_note, precision=precision, max_length=max_length)
+                              report_note=report_note, precision=precision, max_length=max_length, baseline=baseline)
     out.print(metrics_table(result))
+    if "baseline" in result:
+        out.print(verdict(result["metrics"]["accuracy"], result["baseline"]))
     out.print(confusion_table(result))
     out.print(f"metrics written to {result['written_to']}")
     if "report" in result:

@@ -1,4 +1,5 @@
-"""Metrics (scikit-learn, plus ECE), evaluation of a run on a data split, the before/after comparison and the report."""
+"""Metrics (scikit-learn, plus ECE), evaluation of a run on a data split, the before/after comparison, the
+TF-IDF baseline beside the model, and the report."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from sentilora import model as M
+from sentilora.baseline import fit_baseline
 from sentilora.bundle import Manifest
 from sentilora.calibration import calibrated_probs, decide
 from sentilora.config import Config, DataConfig
 from sentilora.data import Split, load_data
 from sentilora.errors import ConfigError, DataError
-from sentilora.files import atomic_write_json
+from sentilora.files import atomic_write_json, first_line
 from sentilora.metrics import compute_metrics
 from sentilora.predict import Classifier
 from sentilora.report import write_report
@@ -81,6 +83,7 @@ def evaluate_run(
     base_sample: int = 2000,
     report_note: str | None = None,
     max_length: int | None = None,
+    baseline: bool = True,
 ) -> dict[str, Any]:
     """Score a run bundle on a split; write metrics.json (in the run folder unless `output` is set).
 
@@ -90,6 +93,8 @@ def evaluate_run(
     With `report`, also write report.html and its PNGs to `report_dir` (default RUN_DIR/report);
     the report's before/after scores the base model on a seeded subsample of `base_sample` rows
     (all rows with `compare_base`; 0 = no base model). `report_note` is printed under its title.
+    With `baseline`, also fit TF-IDF + logistic regression on the run's own training texts and score
+    the same split (result["baseline"]; left out, with a log line, when that data is not available).
     """
     if base_sample < 0:
         raise ConfigError("--base-sample must be 0 (no base model) or more, e.g. 2000.")
@@ -124,16 +129,43 @@ def evaluate_run(
         base_probs = base.predict_proba([part.texts[i] for i in base_rows], batch_size=bs, progress=progress)
         if compare_base:
             result["base_metrics"] = compute_metrics(y, base_probs, n_classes=k, label_names=clf.label_names)
+    if baseline and (fitted := baseline_result(run_dir, run_cfg, clf.label_names, part)) is not None:
+        result["baseline"] = fitted
     if report:
         folder = Path(report_dir) if report_dir else run_dir / "report"
         path = write_report(folder, run_dir=run_dir, clf=clf, data_origin=part.origin, texts=part.texts, labels=y,
                             logits=logits, base_rows=base_rows, base_probs=base_probs, seed=run_cfg.data.seed,
-                            note=report_note)
+                            note=report_note, baseline=result.get("baseline"))
         result["report"] = str(path)
     out = Path(output) if output else run_dir / "metrics.json"
     atomic_write_json(out, result)
     result["written_to"] = str(out)
     return result
+
+
+def baseline_result(run_dir: Path, run_cfg: Config, label_names: list[str], part: Split) -> dict[str, Any] | None:
+    """TF-IDF + logistic regression fitted on the texts the run was trained on, scored on `part`; None without them."""
+    if not (run_dir / "config.yaml").is_file():
+        log.info("no TF-IDF baseline: %s has no config.yaml to say what it was trained on", run_dir)
+        return None
+    # A carved validation split is carved again (same seed, same rows), so the baseline learns from
+    # exactly the texts the model did, not from the held-out ones as well.
+    need = ("train",) if run_cfg.data.validation_split else ("train", "validation")
+    try:
+        train = load_data(run_cfg.data, need=need, label_names=label_names).splits["train"]
+    except DataError as e:
+        log.info("no TF-IDF baseline: the run's training data is not available (%s)", first_line(e))
+        return None
+    log.info("fitting the TF-IDF baseline on the run's %d training texts (--no-baseline skips it)", len(train.texts))
+    try:
+        fitted = fit_baseline(train.texts, train.labels, n_classes=len(label_names), seed=run_cfg.train.seed)
+    except ValueError as e:  # e.g. "empty vocabulary": no word of two or more letters in any text
+        log.warning("no TF-IDF baseline: %s", first_line(e))
+        return None
+    log.info("TF-IDF baseline fitted in %.1fs", fitted.fit_seconds)
+    probs = fitted.predict_proba(part.texts)
+    return {"name": fitted.name, "train_n": fitted.train_n, "fit_seconds": fitted.fit_seconds,
+            "metrics": compute_metrics(np.asarray(part.labels), probs, n_classes=len(label_names), label_names=label_names)}
 
 
 def base_classifier(manifest: Any, *, seed: int, max_length: int | None = None) -> Any:
@@ -149,19 +181,23 @@ def base_classifier(manifest: Any, *, seed: int, max_length: int | None = None) 
 
 
 def metrics_table(result: dict[str, Any]) -> Any:
-    """A rich table of the headline metrics (tuned, and base beside it when compared)."""
+    """A rich table of the headline metrics (tuned; the base model and the TF-IDF baseline beside it when there)."""
     from rich.table import Table
 
-    m, b = result["metrics"], result.get("base_metrics")
+    m = result["metrics"]
+    others: list[tuple[str, dict[str, Any]]] = []
+    if result.get("base_metrics"):
+        others.append(("base (untuned)", result["base_metrics"]))
+    if result.get("baseline"):
+        others.append(("TF-IDF + LR", result["baseline"]["metrics"]))
     table = Table(title=f"{result['data']} — {m['n']} texts")
     table.add_column("metric")
-    if b:
-        table.add_column("base (untuned)", justify="right")
-    table.add_column("sentilora" if b else "value", justify="right")
+    for name, _ in others:
+        table.add_column(name, justify="right")
+    table.add_column("sentilora" if others else "value", justify="right")
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "ece"):
         label = key if len(result["label_names"]) == 2 or key in ("accuracy", "roc_auc", "loss", "ece") else f"{key} (macro)"
-        cells = [_fmt(b.get(key))] if b else []
-        table.add_row(label, *cells, _fmt(m.get(key)))
+        table.add_row(label, *(_fmt(o.get(key)) for _, o in others), _fmt(m.get(key)))
     return table
 
 

@@ -15,11 +15,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sentilora import quantize as Q
 from sentilora.bundle import Manifest
-from sentilora.data import sample_dir
+from sentilora.config import Config
+from sentilora.data import load_data, sample_dir
 from sentilora.errors import BundleError, SentiloraError
-from sentilora.files import atomic_write_json, check_new_folder, new_folder
-from sentilora.predict import Classifier
+from sentilora.files import atomic_write_json, check_new_folder, new_folder, remove
+from sentilora.predict import Classifier, OnnxBackend
 from sentilora.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -82,24 +84,53 @@ def _fuse(src: Path, dst: Path, config: Any) -> dict[str, int] | None:
         return None
 
 
-def _quantize_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # Dynamic quantisation: int8 weights, activations quantised on the fly per batch (no calibration
-    # data). Per-channel weights on MatMuls only (the pooler/classifier Gemms stay fp32) agreed best
-    # with fp32 on MiniLM: 98.5% of parity labels on the plain graph (95.5% for the library
-    # defaults), 98.0% on the fused graph, under the 99.5% default gate.
-    # The fused Attention op (com.microsoft domain) is quantised too; shape inference cannot type
-    # its outputs, hence DefaultTensorType (FLOAT).
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Attention"], extra_options={"DefaultTensorType": 1})
-
-
 def parity(reference: Any, candidate: Any, texts: Sequence[str]) -> dict[str, Any]:
-    """Label agreement and largest probability difference of two classifiers on `texts`."""
+    """Agreement of two classifiers' decisions on `texts` (each under its bundle's calibration and
+    threshold, as deployed), and the largest probability difference."""
     p_ref, p_new = reference.predict_proba(texts), candidate.predict_proba(texts)
-    agree = float(np.mean(p_ref.argmax(axis=1) == p_new.argmax(axis=1)))
+    agree = Q.agreement(np.array(reference.decide(p_ref)), np.array(candidate.decide(p_new)))
     return {"texts": len(texts), "label_agreement": agree, "max_prob_diff": float(np.abs(p_ref - p_new).max())}
+
+
+def heldout_texts(n: int = PARITY_TEXTS) -> list[str]:
+    """A second fixed set, apart from the parity texts: the next reviews of the bundled test sample."""
+    texts = read_table(sample_dir() / "test.parquet")["text"].tolist()
+    start = PARITY_TEXTS - PARITY_TEXTS // 4  # where parity_texts stops taking whole reviews
+    return texts[start : start + n]
+
+
+def calibration_texts(run_dir: Path, n: int = 64) -> tuple[list[str], str]:
+    """Texts like the user's for ranking the nodes: the run's own training texts when its data can be
+    read here, else the bundled training sample (never the parity or held-apart texts)."""
+    rng = np.random.default_rng(0)
+    try:
+        cfg = Config.from_yaml(run_dir / "config.yaml")
+        texts = load_data(cfg.data, need=("train",)).splits["train"].texts
+        origin = "the run's training texts"
+    except (SentiloraError, OSError):
+        texts = read_table(sample_dir() / "train.parquet")["text"].tolist()
+        origin = "the bundled IMDB training sample"
+    pick = rng.choice(len(texts), size=min(n, len(texts)), replace=False)
+    return [texts[i] for i in sorted(pick)], origin
+
+
+def _int8(reference: Classifier, fp32: Path, out: Path, *, run_dir: Path, texts: Sequence[str], min_agreement: float,
+          threads: int | None) -> dict[str, Any]:
+    """Accuracy-aware int8 into `out`; the search's figures for the manifest."""
+    calib, origin = calibration_texts(run_dir)
+    calib = [t for t in calib if t not in set(texts)]
+
+    def probs(graph: Path, batch: Sequence[str]) -> np.ndarray:
+        clf = Classifier(None, reference.tokenizer, reference.manifest, backend=OnnxBackend(graph, threads=threads),
+                         max_length=reference.max_length)
+        return clf.predict_proba(list(batch))
+
+    result = Q.search(fp32, out, probs=probs, decide=lambda p: np.array(reference.decide(p)),
+                      reference_parity=np.array(reference.predict(list(texts))), parity_texts=texts,
+                      calibration_texts=calib, min_agreement=min_agreement)
+    ranked = sorted(result.sensitivity.items(), key=lambda kv: -kv[1])
+    return {"fp32_nodes": result.excluded, "search": result.candidates, "calibration": f"{len(calib)} of {origin}",
+            "sensitivity": {k: round(v, 6) for k, v in ranked}, "agreement": result.agreement, "passed": result.passed}
 
 
 def export_onnx(
@@ -110,11 +141,14 @@ def export_onnx(
     min_agreement: float = 0.995,
     texts: Sequence[str] | None = None,
     optimize: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Write `out_dir` with model.onnx + tokenizer + manifest that `Classifier.load` reads; returns parity figures.
 
     `optimize` runs ONNX Runtime's transformer optimizer (fused attention and layer norms) before
-    any quantisation; the fused graph runs on ONNX Runtime only.
+    any quantisation; the fused graph runs on ONNX Runtime only. `quantize="int8"` searches for the
+    fastest int8 graph that passes the gate (`sentilora.quantize`): the nodes it had to keep in fp32
+    are in the manifest's `export.int8` and in parity.json.
     """
     try:
         import onnxruntime  # noqa: F401
@@ -136,28 +170,51 @@ def export_onnx(
         else:
             log.info("fused operators: %s", ", ".join(f"{k} {v}" for k, v in fused.items()))
             raw.unlink()
+        gate_texts = list(texts) if texts is not None else parity_texts()
+        int8 = None
         if quantize == "int8":
             log.info("quantising to int8")
-            _quantize_int8(fp32, tmp / "model.onnx")
+            int8 = _int8(reference, fp32, tmp / "model.onnx", run_dir=Path(run_dir), texts=gate_texts,
+                         min_agreement=min_agreement, threads=threads)
             fp32.unlink()
+            remove(tmp / "model.onnx.work")
         else:
             fp32.replace(tmp / "model.onnx")
         reference.tokenizer.save_pretrained(str(tmp))
         export_info = {"file": "model.onnx", "format": "onnx", "quantize": quantize, "opset": OPSET, "source": str(run_dir),
-                       "fused_operators": fused or {}}
+                       "fused_operators": fused or {}, **({"int8": int8} if int8 else {})}
         Manifest(**{**reference.manifest.__dict__, "kind": "onnx", "export": export_info}).save(tmp)
 
-        exported = Classifier.load(tmp)
-        check = parity(reference, exported, list(texts) if texts is not None else parity_texts())
+        exported = Classifier.load(tmp, threads=threads)
+        check = parity(reference, exported, gate_texts)
         check["min_agreement"] = min_agreement
         check["passed"] = check["label_agreement"] >= min_agreement
+        check["heldout"] = parity(reference, exported, heldout_texts())
+        if int8:
+            check["int8_fp32_nodes"] = int8["fp32_nodes"]
         export_info["parity"] = check
         Manifest(**{**exported.manifest.__dict__, "export": export_info}).save(tmp)
         atomic_write_json(tmp / "parity.json", check)
         if not check["passed"]:
-            raise ExportError(
-                f"export disagrees with the PyTorch model on {1 - check['label_agreement']:.1%} of {check['texts']} texts "
-                f"(needs >= {min_agreement:.1%} agreement); nothing was written. Try --quantize none."
-            )
-    log.info("parity: %.2f%% label agreement, max probability difference %.2g", 100 * check["label_agreement"], check["max_prob_diff"])
+            raise ExportError(_refusal(check, min_agreement, int8))
+    log.info("parity: %.2f%% label agreement (held-apart texts: %.2f%%), max probability difference %.2g",
+             100 * check["label_agreement"], 100 * check["heldout"]["label_agreement"], check["max_prob_diff"])
+    if int8 and int8["fp32_nodes"]:
+        log.info("int8: %d nodes kept in fp32 to meet the gate (most sensitive on %s): %s", len(int8["fp32_nodes"]),
+                 int8["calibration"], ", ".join(int8["fp32_nodes"]))
     return check
+
+
+def _refusal(check: dict[str, Any], min_agreement: float, int8: dict[str, Any] | None) -> str:
+    """The one line that says what was reached and what to do."""
+    n = check["texts"]
+    if int8 is None:
+        return (f"export disagrees with the PyTorch model on {1 - check['label_agreement']:.1%} of {n} texts "
+                f"(needs >= {min_agreement:.1%} agreement); nothing was written. Try --quantize none.")
+    best = check["label_agreement"]
+    kept = len(int8["fp32_nodes"])
+    floor = int(best * 1000) / 1000  # the flag value that accepts this graph
+    return (f"no int8 graph reached {min_agreement:.1%} agreement with the PyTorch model: the best agreed on {best:.1%} of "
+            f"{n} texts ({check['heldout']['label_agreement']:.1%} of {check['heldout']['texts']} held-apart texts) with "
+            f"{kept} node{'s' * (kept != 1)} kept in fp32; nothing was written. Accept it with --min-agreement {floor:g}, "
+            "or export fp32 with --quantize none.")

@@ -232,6 +232,29 @@ def _is_head_param(name: str, heads: list[str]) -> bool:
     return any(f"{h}.modules_to_save." in name for h in heads)
 
 
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout of the encoder and its head (attention probabilities included) to `p`."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+
+
+def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
+    """Hold the frozen Linear weights in `dtype` once; returns how many layers were cast.
+
+    Under CPU autocast every Linear weight is re-cast to bf16 on every forward pass (its cache lives
+    for one `autocast` block). The cast values are the same bits, so training computes exactly what
+    it did (tests/test_train.py checks the losses), with half the memory for those weights and
+    without the per-step copies. Trainable weights (LoRA, the head) stay fp32 for the optimiser.
+    """
+    n = 0
+    for module in model.modules():
+        if type(module) is nn.Linear and not any(p.requires_grad for p in module.parameters()):
+            module.to(dtype)
+            n += 1
+    return n
+
+
 def fingerprint(model: nn.Module) -> str:
     """Hash of the base model's input embeddings: tells two base checkpoints apart cheaply."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -1,8 +1,8 @@
 """The evaluation report: one self-contained HTML page (PNGs inline) with the same PNGs beside it.
 
 Headline metrics with bootstrap confidence intervals, calibration (ECE before/after temperature
-scaling, reliability diagram), the untuned base model against the tuned one, plots, and error
-analysis. Python computes every number and formats every cell here; the page itself is laid
+scaling, reliability diagram), the untuned base model against the tuned one, the TF-IDF baseline
+beside it ("is the transformer worth it here?"), plots, and error analysis. Python computes every number and formats every cell here; the page itself is laid
 out by the Jinja2 template `resources/report.html.j2` (autoescaped), the figures drawn by
 `sentilora.figures`.
 """
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 
+from sentilora.baseline import fit_time, verdict
 from sentilora.calibration import CALIBRATION, calibrated_probs, decide
 from sentilora.figures import (
     fig_confusion,
@@ -112,12 +113,14 @@ def write_report(
     base_probs: np.ndarray | None = None,
     seed: int = 0,
     note: str | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> Path:
     """Write report.html (self-contained), its PNGs and report.json to out_dir; returns the HTML path.
 
     `logits` are the tuned model's raw logits for `texts`; `base_probs` the untuned base model's
     probabilities for the rows `base_rows` (None: no before/after section). `note` is shown under
-    the title (e.g. where the calibration data came from).
+    the title (e.g. where the calibration data came from). `baseline` is `evaluate_run`'s
+    result["baseline"] for the same rows (None: no baseline section).
     """
     out, run_dir = Path(out_dir), Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,11 +175,12 @@ def write_report(
         "temperature": man.temperature, "threshold": man.threshold, "metrics": m, "raw_metrics": m_raw,
         "bootstrap_95ci": ci, "n_bootstrap": N_BOOT, "calibration": cal_info,
         "base": None if base is None else {"rows": len(base["rows"]), "metrics": base["metrics"], "tuned_metrics": base["tuned"]},
-        "truncation": trunc, "figures": [f"{n}.png" for n in images],
+        "truncation": trunc, "figures": [f"{n}.png" for n in images], "baseline": baseline,
     }
     atomic_write_json(out / "report.json", summary)
     figures = {n: {"name": n, "caption": caption, "png": images.get(n)} for n, (caption, _) in figs.items()}
     context = _context(summary, clf, texts, y, probs, pred, n_tok, base, mistakes, figures)
+    context["baseline"] = None if baseline is None else _baseline(baseline, m, history, binary=k == 2)
     atomic_write_text(out / "report.html", _template().render(context))
     log.info("report written to %s", out / "report.html")
     return out / "report.html"
@@ -254,6 +258,17 @@ def _calibration(s: dict[str, Any], clf: Classifier) -> dict[str, Any]:
             ["this data", _f(raw["ece"]), _f(m["ece"]), _f(raw["loss"]), _f(m["loss"]), _f(raw["accuracy"]), _f(m["accuracy"])]]
     head = ["data", "ECE before", "ECE after", "log-loss before", "log-loss after", "accuracy before", "accuracy after"]
     return {"data": info["data"], "n": f"{info['n']:,}", "threshold": threshold, "table": _table(head, crow, cls="num")}
+
+
+def _baseline(baseline: dict[str, Any], m: dict[str, Any], history: dict[str, Any] | None, *, binary: bool) -> dict[str, Any]:
+    """The TF-IDF baseline beside the model as deployed: accuracy, F1, training time, the difference, the verdict."""
+    b = baseline["metrics"]
+    f1 = "F1" if binary else "F1 (macro)"
+    rows = [[label, _f(m[key]), _f(b[key]), f"{m[key] - b[key]:+.4f}"] for key, label in (("accuracy", "accuracy"), ("f1", f1))]
+    trained = history.get("train_seconds") if history else None
+    rows.append(["training time", "n/a" if trained is None else fit_time(trained), fit_time(baseline["fit_seconds"]), ""])
+    return {"name": baseline["name"], "train_n": f"{baseline['train_n']:,}", "verdict": verdict(m["accuracy"], baseline),
+            "table": _table(["", "sentilora", "TF-IDF + LR", "difference (sentilora − baseline)"], rows, cls="num")}
 
 
 def _before_after(base: dict[str, Any], n: int, keys: list[tuple[str, str]], texts: Sequence[str], y: np.ndarray,
