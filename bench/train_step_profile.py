@@ -113,6 +113,7 @@ VARIANTS = {
     "no_attn_dropout": {"no_attn_dropout": True},
     "bf16_noattn": {"bf16_base": True, "no_attn_dropout": True},
     "bf16_nodrop": {"bf16_base": True, "no_dropout": True},
+    "bf16_nodrop_eager": {"bf16_base": True, "no_dropout": True, "attn": "eager"},
     "nodrop_keep_lora": {"no_dropout": True, "lora_dropout": 0.1},
     "bf16_nodrop_keep_lora": {"bf16_base": True, "no_dropout": True, "lora_dropout": 0.1},
     "compile": {"compile": True},

@@ -124,3 +124,28 @@ def test_int8_that_cannot_pass_says_what_it_reached(run_dir, tmp_path, monkeypat
     message = str(e.value)
     assert "no int8 graph reached 99.5%" in message and "--min-agreement" in message and "\n" not in message
     assert not (tmp_path / "int8").exists()
+
+
+def test_the_gate_compares_decisions_as_deployed():
+    """Parity compares decisions under each bundle's calibration and threshold, not bare argmax labels."""
+    from dataclasses import dataclass
+
+    from sentilora.calibration import decide
+    from sentilora.export import parity
+
+    probs = np.array([[0.6, 0.4], [0.45, 0.55], [0.3, 0.7], [0.8, 0.2]])
+
+    @dataclass
+    class Stub:
+        threshold: float | None
+        temperature: float = 1.0
+
+        def predict_proba(self, texts):
+            return probs[: len(texts)]
+
+        def decide(self, p):
+            return [["negative", "positive"][i] for i in decide(p, self)]
+
+    assert parity(Stub(None), Stub(None), ["a"] * 4)["label_agreement"] == 1.0
+    # same probabilities, same argmax: but with a 0.35 threshold the deployed decisions differ on row 0
+    assert parity(Stub(None), Stub(0.35), ["a"] * 4)["label_agreement"] == 0.75

@@ -120,6 +120,10 @@ class TrainConfig:
         "accuracy", "Validation metric that picks the best epoch and drives early stopping."
     )
     group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
+    attention: Literal["auto", "eager", "sdpa"] = _f(
+        "auto", "Attention kernel while training. auto: eager (plain matmul + softmax) on a CPU, where the fused "
+        "flash-attention kernel's backward pass took half of a training step (eager trained 1.37x faster on "
+        "2 Zen 4 cores), the model's default (SDPA) elsewhere. Prediction always uses the model's default.")
     device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "Where to train: auto picks CUDA, then MPS, then CPU.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "Compute precision: auto = bf16 where the hardware supports it, else fp32. fp16 needs CUDA."

@@ -128,6 +128,9 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     torch.manual_seed(t.seed)  # the head's init above consumed RNG in a model-dependent way
     if cfg.model.dropout is not None:
         M.set_dropout(base, cfg.model.dropout)
+    attention = t.attention if t.attention != "auto" else ("eager" if device.type == "cpu" else None)
+    if attention and hasattr(base, "set_attn_implementation"):
+        base.set_attn_implementation(attention)  # bench/README.md: where a training step's time goes
     model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
                        heads=heads, top_layers=cfg.lora.layers)
     model.to(device)
