@@ -146,8 +146,8 @@ def main() -> None:
          "pass": now["peak_rss_mb_max"] <= 2560},
     ]
     note = {"before_commit": args.before_commit, "mean_tokens_per_text": round(tokens, 1),
-            "note": "each code's own default recipe; 'now' trains without dropout (encoder and LoRA) and holds the "
-                    "frozen Linear weights in bf16 (the same bits autocast casts to)"}
+            "note": "each code's own default recipe; 'now' trains without dropout (encoder and LoRA), with eager "
+                    "attention on a CPU, and holds the frozen Linear weights in bf16 (the same bits autocast casts to)"}
     write_results("train_speed", "p1", rows=[{"system": f"{r['code']} seed {r['seed']}", **r} for r in rows]
                   + [{"system": "before (mean)", **before}, {"system": "now (mean)", **now, **note}],
                   targets=targets, started=started, command=" ".join(sys.argv))

@@ -46,25 +46,30 @@ def test_every_row_once_in_order(clf, tmp_path, ext):
     assert not (tmp_path / f"out{ext}.parts").exists()
 
 
+class Killed(Exception):
+    pass
+
+
+def _die_on_writes(monkeypatch, dies, error) -> None:
+    """Make the part writer raise `error` on the calls (1-based) for which `dies(n)` is true, leaving a half temp file."""
+    real_write, calls = scoring._write_part, {"n": 0}
+
+    def dying_write(df, path, *, first):
+        calls["n"] += 1
+        if dies(calls["n"]):
+            path.with_name(f".{path.name}.tmp").write_text("half a chunk")  # what a kill mid-write leaves
+            raise error
+        real_write(df, path, first=first)
+
+    monkeypatch.setattr(scoring, "_write_part", dying_write)
+
+
 def test_killed_job_resumes_to_identical_bytes(clf, tmp_path, monkeypatch):
     src = tmp_path / "in.csv"
     write_table(_input(95), src)
     score_file(clf, src, tmp_path / "straight.csv", text_column="review", chunk_rows=10)
 
-    real_write = scoring._write_part
-    calls = {"n": 0}
-
-    class Killed(Exception):
-        pass
-
-    def dying_write(df, path, *, first):
-        calls["n"] += 1
-        if calls["n"] in (4, 8):
-            path.with_name(f".{path.name}.tmp").write_text("half a chunk")  # what a kill mid-write leaves
-            raise Killed
-        real_write(df, path, first=first)
-
-    monkeypatch.setattr(scoring, "_write_part", dying_write)
+    _die_on_writes(monkeypatch, lambda n: n in (4, 8), Killed)
     out = tmp_path / "resumed.csv"
     with pytest.raises(Killed):
         score_file(clf, src, out, text_column="review", chunk_rows=10)
@@ -105,15 +110,8 @@ def _interrupted(clf, tmp_path, monkeypatch, *, n: int = 45, parts: int = 3):
     """A job killed after `parts` finished chunks of 10 rows; returns (input, output, parts folder)."""
     src = tmp_path / "in.csv"
     write_table(_input(n), src)
-    real_write, calls = scoring._write_part, {"n": 0}
-
-    def dying_write(df, path, *, first):
-        calls["n"] += 1
-        if calls["n"] > parts:
-            raise KeyboardInterrupt
-        real_write(df, path, first=first)
-
-    monkeypatch.setattr(scoring, "_write_part", dying_write)
+    real_write = scoring._write_part
+    _die_on_writes(monkeypatch, lambda n: n > parts, KeyboardInterrupt)
     out = tmp_path / "out.csv"
     with pytest.raises(KeyboardInterrupt):
         score_file(clf, src, out, text_column="review", chunk_rows=10)
