@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sentilora"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"files", "progress"},
-    {"config", "tables", "metrics", "calibration", "batching", "tokens", "distributed"},
+    {"config", "tables", "metrics", "calibration", "batching", "tokens", "distributed", "schedule", "labels"},
     {"data"},
     {"model"},
     {"bundle", "prefix"},

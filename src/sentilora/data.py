@@ -11,7 +11,6 @@ best next to the one function (`load_data`) that runs them in order. Reading fil
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from sentilora.config import DataConfig
 from sentilora.errors import DataError
+from sentilora.labels import natural_order
 from sentilora.files import first_line
 from sentilora.tables import FORMATS, decode_text, is_missing, read_table, table_format, text_problem
 
@@ -283,44 +283,6 @@ def _names(
     if source.class_names and len(source.class_names) >= k:
         return list(source.class_names), f"the {source.name} dataset"
     return [str(i) for i in range(k)], f"the {refs[0]} split"
-
-
-# Sentiment scales, weakest to strongest; names are matched case-insensitively, with '_' and '-' read as spaces.
-_SENTIMENT = {
-    **dict.fromkeys(("very negative", "strongly negative", "extremely negative", "very neg"), 0.0),
-    **dict.fromkeys(("negative", "neg"), 1.0),
-    **dict.fromkeys(("somewhat negative", "slightly negative", "mostly negative"), 1.5),
-    **dict.fromkeys(("neutral", "neu", "mixed"), 2.0),
-    **dict.fromkeys(("somewhat positive", "slightly positive", "mostly positive"), 2.5),
-    **dict.fromkeys(("positive", "pos"), 3.0),
-    **dict.fromkeys(("very positive", "strongly positive", "extremely positive", "very pos"), 4.0),
-}
-_NUMBER = re.compile(r"([+-]?\d+(?:\.\d+)?)(?:\s*stars?)?", re.IGNORECASE)  # "3", "4.5", "1 star", "5 stars"
-
-
-def natural_order(names: list[str]) -> list[str]:
-    """Class names in their natural order where they have one, else alphabetical.
-
-    Sentiment names ("very negative" .. "very positive", "neg"/"pos") go on that scale; numbers and
-    star ratings ("1".."10", "1 star", "***") by value. Names not all on one scale, or two names for
-    one point of it ("neg" and "negative"), keep alphabetical order.
-    """
-    alphabetical = sorted(names)
-    keys = [_rank(n) for n in alphabetical]
-    if any(k is None for k in keys) or len({k[0] for k in keys}) > 1 or len(set(keys)) < len(keys):
-        return alphabetical
-    return [n for _, n in sorted(zip(keys, alphabetical))]
-
-
-def _rank(name: str) -> tuple[str, float] | None:
-    """(scale, position on it) for a class name on a known scale, else None."""
-    n = name.strip().lower()
-    if m := _NUMBER.fullmatch(n):
-        return "number", float(m.group(1))
-    if n and set(n) in ({"*"}, {"★"}):
-        return "stars", float(len(n))
-    words = " ".join(n.replace("_", " ").replace("-", " ").split())
-    return ("sentiment", _SENTIMENT[words]) if words in _SENTIMENT else None
 
 
 def _encode(t: _Table, col: str, labels: list[Any], names: list[str], known_from: str) -> list[int]:

@@ -9,6 +9,9 @@ per-step losses.
 The same loop runs data-parallel under torchrun or accelerate launch (`sentilora.distributed`):
 every process builds the same global batches and trains on its share of each, so the run does not
 depend on how the global batch is split across processes.
+
+About 400 lines: the `Trainer` keeps setup, the loop, validation, checkpoints and the time budget
+side by side; the step maths is `train_step.py`, checkpoints `checkpoint.py`, the LR plan `schedule.py`.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ from sentilora.files import (
 from sentilora.model import num_layers
 from sentilora.prefix import FrozenPrefix
 from sentilora.progress import Progress
+from sentilora.schedule import LinearSchedule, steps_that_fit
 from sentilora.tokens import encode, position_limit
 
-__all__ = ["TrainResult", "epoch_batches", "train"]  # epoch_batches lives in batching; re-exported
+__all__ = ["LinearSchedule", "TrainResult", "epoch_batches", "train"]  # epoch_batches lives in batching; re-exported
 _better, _validate = S.better, S.validate  # their names before train_step.py; tests use them
 
 log = logging.getLogger(__name__)
@@ -189,45 +193,6 @@ def _open_run_dir(out_dir: Path, cfg: Config, *, resume: bool, world_size: int) 
 
 
 # ---- the loop --------------------------------------------------------------------------------
-
-
-class LinearSchedule:
-    """Linear warm-up, then linear decay to 0: the factor on --train.lr for step `s`.
-
-    Not `transformers.get_linear_schedule_with_warmup`: that one gives s / warmup during warm-up
-    (lr 0 at step 0, a wasted step), ours (s + 1) / warmup; the decay is the same. Switching would
-    change every trained result, the README's measured accuracies included, for no gain.
-
-    With --train.max_minutes the run may end long before `total` steps; `replan` then moves the end
-    of the decay to the steps that fit, so the learning rate still reaches 0 when time runs out. A
-    callable object rather than a function, so LambdaLR saves the plan in every checkpoint.
-    """
-
-    def __init__(self, warmup: int, total: int, ratio: float = 0.0) -> None:
-        self.warmup, self.total, self.ratio = warmup, total, ratio
-        self.from_step: int | None = None  # decay restarts here (at from_factor) after a replan
-        self.from_factor = 1.0
-        self.replanned = False
-
-    def __call__(self, s: int) -> float:
-        if s < self.warmup:
-            return (s + 1) / max(1, self.warmup)
-        if self.from_step is not None:
-            return max(0.0, self.from_factor * (self.total - s) / max(1, self.total - self.from_step))
-        return max(0.0, (self.total - s) / max(1, self.total - self.warmup))
-
-    def replan(self, step: int, total: int) -> None:
-        """End the schedule at `total` steps (fewer than planned), continuing smoothly from `step`."""
-        self.replanned = True
-        total = max(total, step + 1)
-        if total >= self.total:
-            return
-        warmup = int(self.ratio * total)
-        if step < warmup:  # still warming up: a shorter warm-up for the shorter run
-            self.warmup, self.total = warmup, total
-            return
-        self.from_factor, self.from_step = self(step), step
-        self.warmup, self.total = min(self.warmup, step), total
 
 
 class Trainer:
@@ -384,13 +349,8 @@ class Trainer:
         left = t.max_minutes * 60 - self.elapsed()
         # Validation after each epoch is part of the budget: about a third of a training sample's time per text.
         val_s = len(self.s.enc["validation"]) * per_step / self.global_batch / 3
-        fit = state.step
-        while left > 0:
-            epoch_steps = self.steps_per_epoch - (fit % self.steps_per_epoch)
-            take = min(epoch_steps, int(left / per_step))
-            fit, left = fit + take, left - take * per_step - val_s
-            if take < epoch_steps:
-                break
+        fit = steps_that_fit(state.step, per_step=per_step, seconds_left=left, steps_per_epoch=self.steps_per_epoch,
+                             validation_s=val_s)
         fit = self.dd.broadcast(fit)  # every process plans the same schedule
         before = self.plan.total
         self.plan.replan(state.step, fit)
