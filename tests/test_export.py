@@ -34,7 +34,7 @@ def test_onnx_export_loads_and_agrees(run_dir, tmp_path, quantize):
 def test_failed_parity_leaves_nothing(run_dir, tmp_path, monkeypatch):
     from sentilora import export
 
-    monkeypatch.setattr(export, "parity", lambda ref, new, texts: {"texts": len(texts), "label_agreement": 0.9, "max_prob_diff": 0.5})
+    monkeypatch.setattr(export, "parity", lambda ref, new, texts, **kw: {"texts": len(texts), "label_agreement": 0.9, "max_prob_diff": 0.5})
     with pytest.raises(ExportError, match="disagrees with the PyTorch model on 10.0% of 4 texts"):
         export_onnx(run_dir, tmp_path / "bad", texts=TEXTS)
     assert not (tmp_path / "bad").exists()

@@ -326,9 +326,10 @@ def predict(
         bad = f"; {res.bad_rows} rows could not be scored (see the error column)" if res.bad_rows else ""
         out.print(f"scored {res.rows} rows -> {output} ({res.chunks} Parquet file{'s' * (res.chunks != 1)} in row order){bad}")
         return
-    if input and not Path(input).is_file():  # before the model loads: that takes a while
-        raise SentiloraError(f"{input}: {'is a folder, not a file' if Path(input).is_dir() else 'file not found'}. "
-                             "Check the path passed to --input.")
+    if input:  # before the model loads: that takes a while
+        from sentilora.tables import input_file
+
+        input_file(input, flag="--input")
     clf = Classifier.load(run_dir, precision=precision, threads=threads, max_length=max_length)
     if input:
         from sentilora.scoring import count_rows, score_file

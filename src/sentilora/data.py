@@ -23,7 +23,7 @@ from sentilora.config import DataConfig
 from sentilora.errors import DataError
 from sentilora.labels import natural_order
 from sentilora.files import first_line
-from sentilora.tables import FORMATS, decode_text, is_missing, read_table, table_format, text_problem
+from sentilora.tables import FORMATS, decode_text, input_file, is_missing, read_table, table_format, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -392,11 +392,7 @@ def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: lis
 
 
 def _test_path(test_file: str) -> Path:
-    path = Path(test_file).expanduser()
-    table_format(path)
-    if not path.is_file():
-        raise DataError(f"{test_file}: file not found. Check the path passed to --data.test_file.")
-    return path
+    return input_file(test_file, flag="--data.test_file")
 
 
 def _carve(train: Split, cfg: DataConfig, names: list[str]) -> tuple[Split, Split]:

@@ -84,10 +84,12 @@ def _fuse(src: Path, dst: Path, config: Any) -> dict[str, int] | None:
         return None
 
 
-def parity(reference: Any, candidate: Any, texts: Sequence[str]) -> dict[str, Any]:
+def parity(reference: Any, candidate: Any, texts: Sequence[str], *, p_ref: np.ndarray | None = None) -> dict[str, Any]:
     """Agreement of two classifiers' decisions on `texts` (each under its bundle's calibration and
-    threshold, as deployed), and the largest probability difference."""
-    p_ref, p_new = reference.predict_proba(texts), candidate.predict_proba(texts)
+    threshold, as deployed), and the largest probability difference. `p_ref`: the reference's
+    probabilities for `texts`, when already computed."""
+    p_ref = reference.predict_proba(texts) if p_ref is None else p_ref
+    p_new = candidate.predict_proba(texts)
     agree = Q.agreement(np.array(reference.decide(p_ref)), np.array(candidate.decide(p_new)))
     return {"texts": len(texts), "label_agreement": agree, "max_prob_diff": float(np.abs(p_ref - p_new).max())}
 
@@ -114,11 +116,12 @@ def calibration_texts(run_dir: Path, n: int = 64) -> tuple[list[str], str]:
     return [texts[i] for i in sorted(pick)], origin
 
 
-def _int8(reference: Classifier, fp32: Path, out: Path, *, run_dir: Path, texts: Sequence[str], min_agreement: float,
-          threads: int | None) -> dict[str, Any]:
-    """Accuracy-aware int8 into `out`; the search's figures for the manifest."""
+def _int8(reference: Classifier, fp32: Path, out: Path, *, run_dir: Path, texts: Sequence[str], p_ref: np.ndarray,
+          min_agreement: float, threads: int | None) -> dict[str, Any]:
+    """Accuracy-aware int8 into `out`; the search's figures for the manifest. `p_ref`: the reference's probabilities for `texts`."""
     calib, origin = calibration_texts(run_dir)
-    calib = [t for t in calib if t not in set(texts)]
+    gate = set(texts)
+    calib = [t for t in calib if t not in gate]
 
     def probs(graph: Path, batch: Sequence[str]) -> np.ndarray:
         clf = Classifier(None, reference.tokenizer, reference.manifest, backend=OnnxBackend(graph, threads=threads),
@@ -126,7 +129,7 @@ def _int8(reference: Classifier, fp32: Path, out: Path, *, run_dir: Path, texts:
         return clf.predict_proba(list(batch))
 
     result = Q.search(fp32, out, probs=probs, decide=lambda p: np.array(reference.decide(p)),
-                      reference_parity=np.array(reference.predict(list(texts))), parity_texts=texts,
+                      reference_parity=np.array(reference.decide(p_ref)), parity_texts=texts,
                       calibration_texts=calib, min_agreement=min_agreement)
     ranked = sorted(result.sensitivity.items(), key=lambda kv: -kv[1])
     return {"fp32_nodes": result.excluded, "search": result.candidates, "calibration": f"{len(calib)} of {origin}",
@@ -171,10 +174,11 @@ def export_onnx(
             log.info("fused operators: %s", ", ".join(f"{k} {v}" for k, v in fused.items()))
             raw.unlink()
         gate_texts = list(texts) if texts is not None else parity_texts()
+        p_ref = reference.predict_proba(gate_texts)  # once: the int8 search and the gate both compare with it
         int8 = None
         if quantize == "int8":
             log.info("quantising to int8")
-            int8 = _int8(reference, fp32, tmp / "model.onnx", run_dir=Path(run_dir), texts=gate_texts,
+            int8 = _int8(reference, fp32, tmp / "model.onnx", run_dir=Path(run_dir), texts=gate_texts, p_ref=p_ref,
                          min_agreement=min_agreement, threads=threads)
             fp32.unlink()
             remove(tmp / "model.onnx.work")
@@ -186,7 +190,7 @@ def export_onnx(
         Manifest(**{**reference.manifest.__dict__, "kind": "onnx", "export": export_info}).save(tmp)
 
         exported = Classifier.load(tmp, threads=threads)
-        check = parity(reference, exported, gate_texts)
+        check = parity(reference, exported, gate_texts, p_ref=p_ref)
         check["min_agreement"] = min_agreement
         check["passed"] = check["label_agreement"] >= min_agreement
         check["heldout"] = parity(reference, exported, heldout_texts())

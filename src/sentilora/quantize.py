@@ -2,7 +2,7 @@
 
 Plain dynamic int8 (weights int8 per channel, activations quantised on the fly) of every MatMul and
 fused Attention node is tried first. When it disagrees with the PyTorch model too often, the nodes
-are ranked by how much quantising each one alone moves the logits on calibration texts (the run's
+are ranked by how much quantising each one alone moves the class probabilities on calibration texts (the run's
 own training texts where they can be read), and the most sensitive ones are left in fp32, a few
 more at a time, until the graph passes the gate on the parity texts. Calibration and parity texts
 are disjoint, so the gate stays honest; a second held-apart set is scored too and reported.
@@ -37,7 +37,7 @@ class Int8Result:
     agreement: float  # on the parity texts: the gate's figure
     excluded: list[str] = field(default_factory=list)  # nodes kept in fp32, most sensitive first
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every graph tried: excluded count, agreement, s
-    sensitivity: dict[str, float] = field(default_factory=dict)  # mean |logit change| per node quantised alone
+    sensitivity: dict[str, float] = field(default_factory=dict)  # mean |probability change| per node quantised alone
     passed: bool = False
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 from sentilora.errors import DataError
 from sentilora.files import atomic_path, atomic_write_json, read_json_object
 from sentilora.predict import Classifier, LongTexts
-from sentilora.tables import count_rows, iter_table, json_records, table_format, text_problem, write_table
+from sentilora.tables import count_rows, input_file, iter_table, json_records, text_problem, write_table
 
 __all__ = ["ScoreResult", "count_rows", "prediction_columns", "score_chunk", "score_file"]
 
@@ -153,9 +153,7 @@ def score_file(
         raise DataError(f"{output_path}: a scored file has several columns; write one of {', '.join(OUTPUTS)}.")
     if chunk_rows < 1:
         raise DataError("--chunk-rows must be at least 1.")
-    table_format(input_path)
-    if not input_path.is_file():
-        raise DataError(f"{input_path}: file not found. Check the path passed to --input.")
+    input_file(input_path, flag="--input")
     parts_dir = output_path.with_name(output_path.name + ".parts")
     manifest_path = parts_dir / "manifest.json"
     sig = _signature(clf, input_path, text_column, chunk_rows, long_texts)

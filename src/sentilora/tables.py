@@ -71,14 +71,22 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return next(iter_table(path))
 
 
+def input_file(path: str | Path, *, flag: str | None = None) -> Path:
+    """`path` checked to be a readable table file of a supported format; the error names `flag` if given."""
+    path = Path(path).expanduser()
+    check = f"Check the path passed to {flag}." if flag else "Check the path."
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file. {check}")
+    table_format(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. {check}")
+    return path
+
+
 def iter_table(path: str | Path, rows: int | None = None) -> Iterator[pd.DataFrame]:
     """The file as DataFrames of `rows` rows (None: one frame with every row), streamed where the format allows."""
-    path = Path(path)
+    path = input_file(path)
     ext = table_format(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a file. Pass a file.")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found. Check the path.")
     _check_not_empty(path, ext)
     if ext == ".parquet":
         yield from _parquet(path, rows)
