@@ -101,7 +101,7 @@ def tiny_config(model: Path, train: Path, test: Path, **overrides: object):
         "model.name": str(model), "model.max_length": 32,
         "data.source": str(train), "data.test_file": str(test), "data.val_fraction": 0.25,
         "train.epochs": 2, "train.batch_size": 8, "train.lr": 5e-3, "train.precision": "fp32",
-        "train.device": "cpu", "train.warmup_ratio": 0.0, "eval.batch_size": 16,
+        "train.device": os.environ.get("SENTILORA_TEST_DEVICE", "cpu"), "train.warmup_ratio": 0.0, "eval.batch_size": 16,
     })
     return cfg.override(dict(overrides)) if overrides else cfg
 
