@@ -362,3 +362,51 @@ def render_readme(readme: Path | None = None) -> bool:
     if new != text:
         _atomic_write(readme, new)
     return True
+
+
+# ---------------------------------------------------------------------------- suite data sets (bench/suite.py)
+
+SST_DIR = Path(os.environ.get("SENTILORA_SST_DIR") or REPO_ROOT / ".." / "shared" / "data" / "sst")
+SST2_CLASS_NAMES = ["negative", "positive"]
+SST5_CLASS_NAMES = ["very negative", "negative", "neutral", "positive", "very positive"]
+SUITE_DATASETS = ("imdb", "p3", "sst2", "sst5")
+
+
+def sst(task: str, split: str) -> pd.DataFrame:
+    """One SST split ("sst2"/"sst5"; "train", "validation" or "test"): text, label (int, natural class order).
+
+    The parquet copy stores labels as class names; they become 0..K-1 in SST2_CLASS_NAMES /
+    SST5_CLASS_NAMES order (very negative .. very positive), and `attrs["label_names"]` holds the names.
+    """
+    names = {"sst2": SST2_CLASS_NAMES, "sst5": SST5_CLASS_NAMES}.get(task)
+    if names is None:
+        raise ValueError(f"unknown SST task {task!r}; choose sst2 or sst5.")
+    path = SST_DIR / f"{task}_{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"SST data not found at {path.resolve()}; see /work/shared/data/sst/README.md.")
+    df = pd.read_parquet(path)
+    unknown = sorted(set(df["label"]) - set(names))
+    if unknown:
+        raise ValueError(f"{path}: unexpected label(s) {unknown}; expected {names}.")
+    df = pd.DataFrame({"text": df["text"].astype(str), "label": df["label"].map(names.index).astype("int64")})
+    return _with_names(df, names)
+
+
+def load_suite_data(name: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(train_df, official test_df, label_names) of a suite data set: imdb (= P2), p3, sst2 or sst5."""
+    if name == "imdb":
+        return load_protocol("p2")
+    if name == "p3":
+        return load_protocol("p3")
+    if name in ("sst2", "sst5"):
+        train = sst(name, "train")
+        return train, sst(name, "test"), list(train.attrs["label_names"])
+    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(SUITE_DATASETS)}.")
+
+
+def balanced_sample(df: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame:
+    """`per_label` rows of every label drawn without replacement (seeded), shuffled; keeps attrs."""
+    counts = df["label"].value_counts()
+    if counts.min() < per_label:
+        raise ValueError(f"cannot draw {per_label} rows per label: label {counts.idxmin()} has {counts.min()}.")
+    return _with_names(_balanced(df, per_label, seed), list(df.attrs.get("label_names") or []))

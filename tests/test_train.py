@@ -346,3 +346,17 @@ def test_time_budget_fits_the_schedule_and_resumes_with_it(tiny_models, dataset,
     train(cfg, tmp_path / "cut", resume=True, progress=False)  # the fitted plan travels in the checkpoint
     resumed = [json.loads(line)["lr"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
     assert resumed == pytest.approx(lrs, abs=1e-12)
+
+
+def test_replans_follow_the_step_rate_up_and_down_to_the_first_plan():
+    from sentilora.train import LinearSchedule
+
+    plan = LinearSchedule(6, 1000, 0.006)
+    plan.replan(25, 300)  # 20 fast steps said 300 fit
+    at = plan(300 - 1)
+    plan.replan(45, 150)  # slower than it looked: the decay now ends sooner, without a jump
+    assert plan.total == 150 and plan(150) == 0.0
+    plan.replan(65, 5000)  # faster again: longer, but never past the first plan
+    assert plan.total == 1000 and plan(1000) == 0.0 and at > 0
+    values = [plan(s) for s in range(65, 1001)]
+    assert all(a > b for a, b in zip(values, values[1:]))

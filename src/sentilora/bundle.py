@@ -16,6 +16,7 @@ an ONNX export (`sentilora export`) is an ONNX graph, its tokenizer and the mani
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +27,10 @@ from torch import nn
 
 from sentilora.errors import BundleError
 from sentilora.files import atomic_write_json, first_line, new_folder, read_json_object
+from sentilora.heads import set_pooling
 from sentilora.model import fingerprint, load_base_model
+
+log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
 MANIFEST = "sentilora.json"
@@ -61,6 +65,7 @@ class Manifest:
     # positions. None (bundles from before) = max_length; `positions` = the encoder's limit.
     predict_max_length: int | None = None
     positions: int | None = None
+    pooling: str = "cls"  # what the head reads: "cls" (first token / pooler) or "mean" (heads.set_pooling)
 
     @property
     def reads(self) -> int:
@@ -147,6 +152,7 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
         except (OSError, ValueError) as e:
             raise BundleError(f"{folder}: merged model files are missing or damaged ({first_line(e)}). "
                               "Run `sentilora merge` again.") from None
+        set_pooling(model, man.pooling)
         return model.eval(), load_tokenizer_folder(folder, folder), man
 
     from peft import PeftModel
@@ -156,7 +162,7 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
         raise BundleError(f"{folder}: adapter/adapter_model.safetensors is missing; the bundle is incomplete.")
     _check_head(folder, man)
     tokenizer = load_tokenizer_folder(folder / "tokenizer", folder)
-    base, new = load_base_model(man.base_model, man.label_names, revision=man.base_revision)
+    base, new = load_base_model(man.base_model, man.label_names, revision=man.base_revision, pooling=man.pooling)
     got = fingerprint(base)
     if got != man.base_fingerprint:
         raise BundleError(
@@ -207,6 +213,10 @@ def merge_bundle(folder: str | Path, out: str | Path) -> Path:
     out = Path(out)
     with new_folder(out, hint="choose a new output folder or remove it") as tmp:
         save_merged(model.merge_and_unload(), tokenizer, man, tmp)
+    if man.pooling == "mean":
+        log.warning("%s reads the mean of all token states (--model.pooling mean): sentilora and its ONNX export "
+                    "pool the same way, but plain Transformers code loading this folder reads the first token "
+                    "only and would predict differently.", out)
     return out
 
 

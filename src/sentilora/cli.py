@@ -178,10 +178,9 @@ def train(
     if not main_process:
         return
     best = result.best_metrics
-    out.print(
-        f"[green]done[/]: best epoch {result.best_epoch} — validation accuracy {best['accuracy']:.4f}, "
-        f"F1 {best['f1']:.4f}; {result.steps} steps in {result.train_seconds:.0f}s. Bundle: {result.run_dir}"
-    )
+    scored = (f"best epoch {result.best_epoch} — validation accuracy {best['accuracy']:.4f}, F1 {best['f1']:.4f}"
+              if "accuracy" in best else f"{result.best_epoch} epochs, final weights kept (no validation texts held out)")
+    out.print(f"[green]done[/]: {scored}; {result.steps} steps in {result.train_seconds:.0f}s. Bundle: {result.run_dir}")
 
 
 @app.command()

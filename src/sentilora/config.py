@@ -47,6 +47,18 @@ class ModelConfig:
         "smaller cost than in training since prediction batches are length-sorted. "
         "`sentilora predict --max-length` overrides it per job.",
     )
+    pooling: Literal["auto", "cls", "mean"] = _f(
+        "auto",
+        "What the classification head reads: 'cls' (the first token, through the model's own pooler "
+        "when it has one), 'mean' (the mean of all token states) or 'auto': 'mean' for sentence-"
+        "transformers bases such as MiniLM, which were trained for it, else 'cls'.",
+    )
+    head_init: Literal["random", "prototypes"] = _f(
+        "random",
+        "How the classification head starts: 'random', or 'prototypes': a nearest-class-mean classifier "
+        "over what the head reads, from up to 2,048 training texts (heads that are one linear layer, "
+        "such as BERT's; others start at random).",
+    )
     dropout: float | None = _f(
         0.0,
         "Dropout inside the encoder while training (attention probabilities, hidden states, its own "
@@ -95,6 +107,10 @@ class DataConfig:
         None, "Named split for per-epoch validation; unset = carve --data.val_fraction from train (stratified)."
     )
     val_fraction: float = _f(0.1, "Share of train held out for validation when no validation split is named.")
+    min_held_out: int = _f(
+        50, "Hold nothing out when the carve-out would be smaller than this (under 500 rows at 10%): a few "
+        "texts only add noise to the best-epoch choice, and a small training set needs them all. Training "
+        "then runs --train.min_steps or more and keeps its final weights. 0 always holds out.")
     test_split: str = _f("test", "Name of the test split (used by `evaluate`).")
     n_train: int | None = _f(None, "Balanced subsample of the training split (quick runs).")
     n_eval: int | None = _f(None, "Balanced subsample of the validation and test splits.")
@@ -110,6 +126,9 @@ class TrainConfig:
         16, "Texts per optimiser step (before gradient accumulation), per process: under torchrun or "
         "accelerate launch with N processes a step takes N x this many texts.")
     grad_accum: int = _f(1, "Batches accumulated per optimiser step.")
+    min_steps: int = _f(
+        200, "Optimiser steps a run takes at least: on a small training set, epochs are raised to reach it "
+        "(16 texts per class would otherwise train for a dozen steps and stay at chance).")
     lr: float = _f(2e-3, "Peak learning rate (AdamW), linear warm-up then linear decay.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")

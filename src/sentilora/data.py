@@ -396,10 +396,16 @@ def _test_path(test_file: str) -> Path:
 
 
 def _carve(train: Split, cfg: DataConfig, names: list[str]) -> tuple[Split, Split]:
-    """Stratified hold-out of ``cfg.val_fraction`` of train; both parts come back shuffled."""
+    """Stratified hold-out of ``cfg.val_fraction`` of train; both parts come back shuffled. Nothing is
+    held out (an empty validation split) when that would be fewer than ``cfg.min_held_out`` texts."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(train.labels))
+    if len(idx) * cfg.val_fraction < cfg.min_held_out:
+        log.info("%d training rows: no validation texts held out (%g of them would be under --data.min_held_out %d, "
+                 "too few to choose an epoch by); all of them train and the final weights are kept",
+                 len(idx), cfg.val_fraction, cfg.min_held_out)
+        return train, Split([], [], f"{train.origin} (none held out)")
     try:
         tr, va = train_test_split(idx, test_size=cfg.val_fraction, stratify=train.labels, random_state=cfg.seed)
     except ValueError as e:

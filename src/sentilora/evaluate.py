@@ -63,6 +63,9 @@ def load_eval_split(
     dc, which = eval_data_config(run_cfg, data=data, split=split, text_column=text_column, label_column=label_column)
     clf = Classifier.load(run_dir, precision=precision, max_length=max_length)
     loaded = load_data(dc, need=(which,), label_names=clf.label_names)
+    if not loaded.splits[which].labels:  # a small run holds out no validation texts (--data.min_held_out)
+        raise DataError(f"{run_dir}: the run has no {split} texts (it was trained on too few rows to hold any out). "
+                        "Pass labelled texts with --data FILE.")
     return clf, loaded.splits[which], run_cfg
 
 
@@ -173,7 +176,8 @@ def base_classifier(manifest: Any, *, seed: int, max_length: int | None = None) 
     import torch
 
     torch.manual_seed(seed)
-    base, _ = M.load_base_model(manifest.base_model, manifest.label_names, revision=manifest.base_revision)
+    base, _ = M.load_base_model(manifest.base_model, manifest.label_names, revision=manifest.base_revision,
+                                pooling=manifest.pooling)
     tokenizer = M.load_tokenizer(manifest.base_model, revision=manifest.base_revision)
     # the base model is never calibrated: the bundle's temperature and threshold belong to the tuned head
     return Classifier(base, tokenizer, dataclasses.replace(manifest, kind="base", temperature=1.0, threshold=None),

@@ -19,6 +19,7 @@ from torch import nn
 
 from sentilora.errors import BundleError, ConfigError, ModelLoadError
 from sentilora.files import first_line
+from sentilora.heads import set_pooling
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,10 @@ def load_tokenizer(name: str, *, revision: str | None = None) -> Any:
 
 
 def load_base_model(
-    name: str, label_names: Sequence[str], *, revision: str | None = None
+    name: str, label_names: Sequence[str], *, revision: str | None = None, pooling: str = "cls"
 ) -> tuple[nn.Module, list[str]]:
-    """Load the encoder with a fresh classification head; also return the names of new weights."""
+    """Load the encoder with a fresh classification head reading `pooling` ('cls' or 'mean'; see
+    `set_pooling`); also return the names of new weights."""
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name)
@@ -133,6 +135,7 @@ def load_base_model(
     # Weights that the checkpoint did not provide were randomly initialised: they must be trained and
     # saved with the adapter, whatever they are called (DistilBERT's pre_classifier, a pooler, ...).
     new = sorted(set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())})
+    set_pooling(model, pooling)
     return model, new
 
 

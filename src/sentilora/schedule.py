@@ -15,12 +15,14 @@ class LinearSchedule:
     change every trained result, the README's measured accuracies included, for no gain.
 
     With --train.max_minutes the run may end long before `total` steps; `replan` then moves the end
-    of the decay to the steps that fit, so the learning rate still reaches 0 when time runs out. A
-    callable object rather than a function, so LambdaLR saves the plan in every checkpoint.
+    of the decay to the steps that fit (as often as the measured step rate changes, never past the
+    first plan), so the learning rate still reaches 0 when time runs out. A callable object rather
+    than a function, so LambdaLR saves the plan in every checkpoint.
     """
 
     def __init__(self, warmup: int, total: int, ratio: float = 0.0) -> None:
         self.warmup, self.total, self.ratio = warmup, total, ratio
+        self.planned = total  # the first plan: a replan can shorten the run, or lengthen it up to this
         self.from_step: int | None = None  # decay restarts here (at from_factor) after a replan
         self.from_factor = 1.0
         self.replanned = False
@@ -33,10 +35,10 @@ class LinearSchedule:
         return max(0.0, (self.total - s) / max(1, self.total - self.warmup))
 
     def replan(self, step: int, total: int) -> None:
-        """End the schedule at `total` steps (fewer than planned), continuing smoothly from `step`."""
+        """End the schedule at `total` steps (at most the first plan), continuing smoothly from `step`."""
         self.replanned = True
-        total = max(total, step + 1)
-        if total >= self.total:
+        total = min(max(total, step + 1), getattr(self, "planned", self.total))  # checkpoints from before: no `planned`
+        if total == self.total:
             return
         warmup = int(self.ratio * total)
         if step < warmup:  # still warming up: a shorter warm-up for the shorter run

@@ -16,7 +16,7 @@ def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation:
     """Token ids per text with special tokens, truncated to max_length by the given strategy."""
     prefix, suffix = special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
-    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
     out = []
     for seq in ids:
         if len(seq) > budget:

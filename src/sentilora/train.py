@@ -30,6 +30,7 @@ import torch
 
 from sentilora import checkpoint as C
 from sentilora import distributed as D
+from sentilora import heads as H
 from sentilora import model as M
 from sentilora import train_step as S
 from sentilora.batching import epoch_batches, pick_device, pick_dtype
@@ -112,6 +113,7 @@ class _Setup:
     positions: int  # tokens the encoder takes per text
     enc: dict[str, list[list[int]]]
     prefix: FrozenPrefix | None
+    pooling: str  # "cls" or "mean" ('auto' resolved)
 
 
 def _setup(cfg: Config, dd: D.Dist) -> _Setup:
@@ -125,7 +127,8 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     if dd.is_main:
         _warn_if_small(data)
     tokenizer = M.load_tokenizer(cfg.model.name, revision=cfg.model.revision)
-    base, new_weights = M.load_base_model(cfg.model.name, data.label_names, revision=cfg.model.revision)
+    pooling = H.resolve_pooling(M.resolve_model(cfg.model.name), cfg.model.pooling, revision=cfg.model.revision)
+    base, new_weights = M.load_base_model(cfg.model.name, data.label_names, revision=cfg.model.revision, pooling=pooling)
     heads = M.head_modules(base, new_weights)
     targets = M.target_modules(base, cfg.lora.target_modules)
     fp = M.fingerprint(base)
@@ -135,20 +138,23 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     attention = t.attention if t.attention != "auto" else ("eager" if device.type == "cpu" else None)
     if attention and hasattr(base, "set_attn_implementation"):
         base.set_attn_implementation(attention)  # bench/README.md: where a training step's time goes
-    model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
-                       heads=heads, top_layers=cfg.lora.layers)
-    model.to(device)
-    if dtype is not None:
-        M.cast_frozen_linears(model, dtype)
     positions = position_limit(base, tokenizer)
     for flag, n in (("--model.max_length", cfg.model.max_length), ("--model.predict_max_length", cfg.model.predict_max_length)):
         if n is not None and n > positions:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
     enc = {s: encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
+    if cfg.model.head_init == "prototypes":
+        H.prototype_head(base, enc["train"], data.splits["train"].labels, pad_id=tokenizer.pad_token_id or 0,
+                         device=device, dtype=dtype, seed=t.seed)
+    model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
+                       heads=heads, top_layers=cfg.lora.layers)
+    model.to(device)
+    if dtype is not None:
+        M.cast_frozen_linears(model, dtype)
     prefix = None
     if cfg.lora.layers is not None and t.cache_prefix and cfg.lora.layers < num_layers(model):
         prefix = FrozenPrefix(model, cfg.lora.layers)
-    return _Setup(device, dtype, data, tokenizer, model, heads, targets, fp, positions, enc, prefix)
+    return _Setup(device, dtype, data, tokenizer, model, heads, targets, fp, positions, enc, prefix, pooling)
 
 
 SMALL_CLASS = 200  # training texts per class below which a fine-tuned model is unreliable
@@ -167,7 +173,7 @@ def _warn_if_small(data: Any) -> None:
             "16 labels per class gave about 0.5-0.65 accuracy and 64 about 0.67-0.8 (TF-IDF + LR: 0.68 and 0.78). "
             "Evaluate with `sentilora evaluate`, which shows a TF-IDF baseline beside the model.",
             counts[smallest], data.label_names[smallest])
-    if len(val.labels) < SMALL_VALIDATION:
+    if 0 < len(val.labels) < SMALL_VALIDATION:
         log.warning("validation on %d texts: the best-epoch choice is noise", len(val.labels))
 
 
@@ -222,7 +228,12 @@ class Trainer:
         # deals it out (train_step.optim_step), so steps per epoch and the schedule follow the global batch.
         self.global_batch = t.batch_size * dd.world_size
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
-        self.total_steps = total_steps = self.steps_per_epoch * t.epochs
+        # A small training set runs more epochs, to take --train.min_steps optimiser steps at least.
+        self.epochs = max(t.epochs, math.ceil(t.min_steps / self.steps_per_epoch))
+        if self.epochs > t.epochs and dd.is_main and not resume:
+            log.info("%d training texts make %d steps per epoch: %d epochs instead of %d, to take --train.min_steps %d",
+                     len(self.train_ids), self.steps_per_epoch, self.epochs, t.epochs, t.min_steps)
+        self.total_steps = total_steps = self.steps_per_epoch * self.epochs
         self.params = [p for p in s.model.parameters() if p.requires_grad]
         dd.broadcast_tensors(self.params)  # the same seed gives the same init everywhere; this makes sure of it
         if dd.rank:  # rank 0 keeps the one-process stream; the others get their own dropout masks
@@ -246,10 +257,11 @@ class Trainer:
             kind="adapter", base_model=cfg.model.name, base_revision=cfg.model.revision, base_fingerprint=s.fingerprint,
             label_names=list(s.data.label_names), head_modules=s.heads, target_modules=s.targets,
             max_length=cfg.model.max_length, truncation=cfg.model.truncation,
-            predict_max_length=cfg.model.predict_max_length or s.positions, positions=s.positions,
+            predict_max_length=cfg.model.predict_max_length or s.positions, positions=s.positions, pooling=s.pooling,
         )
         self.n_trainable = sum(p.numel() for p in self.params)
-        log.info("training %s params (%d trainable) on %s, %s", cfg.model.name, self.n_trainable, s.device, s.dtype or "fp32")
+        log.info("training %s params (%d trainable, %s pooling) on %s, %s", cfg.model.name, self.n_trainable, s.pooling,
+                 s.device, s.dtype or "fp32")
         if dd.enabled:
             log.info("%d processes, %d texts per process per batch: global batch %d", dd.world_size, t.batch_size, self.global_batch)
         self.t0, self.seconds_before = time.perf_counter(), self.state.train_seconds  # the cache is part of training time
@@ -276,12 +288,12 @@ class Trainer:
 
     def run(self, snapshot_minutes: Sequence[float] = ()) -> TrainResult:
         t, state, dd = self.t, self.state, self.dd
-        total = len(self.train_ids) * t.epochs
+        total = len(self.train_ids) * self.epochs
         self.snapshots = sorted(m for m in snapshot_minutes if m * 60 >= self.seconds_before) if dd.is_main else []
-        with Progress(total, "train", enabled=self.show, epoch=min(state.epoch + 1, t.epochs), loss="-") as bar:
+        with Progress(total, "train", enabled=self.show, epoch=min(state.epoch + 1, self.epochs), loss="-") as bar:
             bar.advance(min(total, state.step * self.global_batch * t.grad_accum), timed=False)
             try:
-                for epoch in range(state.epoch, t.epochs):
+                for epoch in range(state.epoch, self.epochs):
                     if state.stopped:
                         break
                     batches = epoch_batches(self.lengths, self.global_batch, seed=t.seed, epoch=epoch,
@@ -334,16 +346,18 @@ class Trainer:
         return False
 
     def _fit_schedule(self) -> None:
-        """Once the step rate is known (steps 5 to 25 of this process), fit the LR schedule to the budget."""
+        """Fit the LR schedule to the budget once the step rate is known (steps 5 to 25 of this
+        process), and again every 20 steps at the average rate so far: the rate drifts (batches of
+        long texts come in any order, the machine is shared), and a plan made on 20 steps of short
+        texts once ended a run at half its LR. Step counts, not clocks, say when, so every process
+        replans at the same step."""
         state, t = self.state, self.t
-        if self.plan.replanned:
-            return
         if self.rate_from is None:
             if state.step >= 5 or state.step >= self.plan.total:
                 self.rate_from = (state.step, self.elapsed())
             return
         first, since = self.rate_from
-        if state.step - first < 20:
+        if state.step - first < 20 or (state.step - first) % 20:
             return
         per_step = (self.elapsed() - since) / (state.step - first)
         left = t.max_minutes * 60 - self.elapsed()
@@ -352,29 +366,35 @@ class Trainer:
         fit = steps_that_fit(state.step, per_step=per_step, seconds_left=left, steps_per_epoch=self.steps_per_epoch,
                              validation_s=val_s)
         fit = self.dd.broadcast(fit)  # every process plans the same schedule
+        first_plan = not self.plan.replanned
         before = self.plan.total
         self.plan.replan(state.step, fit)
-        if self.plan.total < before:
+        if first_plan and self.plan.total < before:
             log.info("%.2f s per step: %d of the %d planned steps fit in --train.max_minutes %g; the learning rate "
                      "now decays to 0 at step %d", per_step, self.plan.total, before, t.max_minutes, self.plan.total)
+        elif abs(self.plan.total - before) > 0.05 * before:
+            log.info("%.2f s per step on average so far: the learning rate now decays to 0 at step %d instead of %d",
+                     per_step, self.plan.total, before)
 
     def validate(self, epoch: int) -> None:
-        """Score the epoch on the validation split; keep its weights if best, count it if not."""
+        """Score the epoch on the validation split; keep its weights if best, count it if not. Without
+        validation texts (a small training set, --data.min_held_out) every epoch replaces the last."""
         s, t, state, dd = self.s, self.t, self.state, self.dd
-        metrics = S.validate(s.model, s.enc["validation"], s.data.splits["validation"].labels, self.pad_id, s.device,
-                             s.dtype, self.cfg, prefix=s.prefix, hidden=self.cache.get("validation"), dd=dd)
-        collapsed = metrics.pop("collapsed")
+        metrics: dict[str, Any] = {}
+        if s.enc["validation"]:
+            metrics = S.validate(s.model, s.enc["validation"], s.data.splits["validation"].labels, self.pad_id, s.device,
+                                 s.dtype, self.cfg, prefix=s.prefix, hidden=self.cache.get("validation"), dd=dd)
+            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+            if metrics.pop("collapsed") and dd.is_main:
+                log.warning(
+                    "epoch %d: the model gives every validation text the same output (loss %.4f, chance level): "
+                    "training has collapsed. Lower --train.lr (now %g) or put LoRA on fewer modules.",
+                    epoch + 1, metrics["loss"], t.lr)
         metrics["epoch"] = epoch + 1
         metrics["step"] = state.step
         state.history.append(metrics)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
-        if collapsed and dd.is_main:
-            log.warning(
-                "epoch %d: the model gives every validation text the same output (loss %.4f, chance level): "
-                "training has collapsed. Lower --train.lr (now %g) or put LoRA on fewer modules.",
-                epoch + 1, metrics["loss"], t.lr)
         # Every process holds rank 0's metrics, so all of them take the same decisions below.
-        if state.best is None or S.better(metrics, state.best, t.select_metric):
+        if state.best is None or not s.enc["validation"] or S.better(metrics, state.best, t.select_metric):
             state.best, state.bad_epochs = metrics, 0
             if dd.is_main:  # in RAM (LoRA and head: small) and in every checkpoint from now on
                 self.best_weights = {k: v.cpu() for k, v in M.trainable_state(s.model).items()}

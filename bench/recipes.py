@@ -1,0 +1,140 @@
+"""Recipe choices for issue #15, made on validation data only (never a test split).
+
+    python bench/recipes.py                  # every variant below (cached per cell)
+    python bench/recipes.py --only imdb-64   # some groups (the others keep their cached cells)
+
+Each cell trains sentilora (MiniLM) on a draw of the training data with one variant's overrides
+and scores it on a validation set: for IMDB a fixed balanced 1,000 reviews held out of the train
+split (the draws come from the rest), for SST the official validation split. Cells are cached in
+bench/work/recipes/<key>.json by everything that determines them; the results file
+bench/results/recipes-validation.json has one row per (group, variant) with mean and sd over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, WORK_DIR, utc_now, write_results  # noqa: E402
+
+WORK = WORK_DIR / "recipes"
+SST = SHARED.parent / "sst"
+SST5_NAMES = ["very negative", "negative", "neutral", "positive", "very positive"]
+
+# group -> (data set, labels per class or None for all, seeds, {variant: overrides})
+GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, Any]]]] = {
+    "imdb-64": ("imdb", 64, (0, 1), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"}}),
+    "imdb-16": ("imdb", 16, (0, 1), {"mean": {"model.pooling": "mean"},
+                                     "mean+prototypes": {"model.pooling": "mean", "model.head_init": "prototypes"}}),
+    "sst5-full": ("sst5", None, (0,), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"}}),
+}
+
+
+def _imdb() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    train = pd.read_parquet(SHARED / "train.parquet")[["text", "label"]]
+    val = train.groupby("label", group_keys=False).sample(n=500, random_state=123)
+    return train.drop(val.index), val, ["negative", "positive"]
+
+
+def _sst5() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    train, val = (pd.read_parquet(SST / f"sst5_{s}.parquet")[["text", "label"]] for s in ("train", "validation"))
+    return train, val, SST5_NAMES
+
+
+def data(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    return {"imdb": _imdb, "sst5": _sst5}[dataset]()
+
+
+def _write(df: pd.DataFrame, path: Path) -> Path:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_parquet(path.with_suffix(".tmp"), index=False)
+        path.with_suffix(".tmp").replace(path)
+    return path
+
+
+def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any], *,
+         cached_only: bool = False) -> dict[str, Any] | None:
+    """Train and score one cell in a subprocess (its own peak RSS); cached."""
+    train, val, names = data(dataset)
+    if per_class is not None:
+        train = train.groupby("label", group_keys=False).sample(n=per_class, random_state=seed)
+    tag = f"{dataset}-{per_class or 'full'}-s{seed}"
+    train_p, val_p = _write(train, WORK / "data" / f"{tag}-train.parquet"), _write(val, WORK / "data" / f"{dataset}-val.parquet")
+    settings = {"model.name": "minilm", "data.source": str(train_p), "data.label_names": ",".join(names),
+                "train.seed": seed, "data.seed": seed, **overrides}
+    from sentilora.config import Config
+
+    resolved = Config().override(settings).to_dict()
+    key = hashlib.sha256(json.dumps([resolved, str(val_p)], sort_keys=True).encode()).hexdigest()[:12]
+    out = WORK / f"{tag}-{key}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    if cached_only:
+        return None
+    run = WORK / "runs" / f"{tag}-{key}"
+    code = ("import json, sys, time, resource\n"
+            "from sentilora.config import Config\nfrom sentilora.train import train\nfrom sentilora.evaluate import evaluate_run\n"
+            "s = json.loads(sys.argv[1]); t0 = time.perf_counter()\n"
+            "r = train(Config().override(s['settings']), s['run'], progress=False)\n"
+            "h = json.load(open(s['run'] + '/history.json'))\n"
+            "m = evaluate_run(s['run'], data=s['val'], baseline=False)['metrics']\n"
+            "print('ROW ' + json.dumps({'accuracy': m['accuracy'], 'f1': m['f1'], 'n': m['n'], 'train_s': h['train_seconds'],"
+            " 'steps': h['steps'], 'epochs': len(h['epochs']), 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))\n")
+    import shutil
+
+    shutil.rmtree(run, ignore_errors=True)
+    spec = {"settings": settings, "run": str(run), "val": str(val_p)}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
+    if line is None:
+        sys.exit(f"cell {tag} {overrides} failed:\n{proc.stderr[-3000:]}")
+    row = {"dataset": dataset, "per_class": per_class, "seed": seed, "overrides": overrides, "val_n": len(val),
+           **json.loads(line[4:])}
+    out.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help=f"comma-separated groups: {', '.join(GROUPS)}")
+    args = ap.parse_args()
+    started = utc_now()
+    rows = []
+    for group, (dataset, per_class, seeds, variants) in GROUPS.items():
+        run_it = not args.only or group in args.only.split(",")
+        for variant, overrides in variants.items():
+            cells = []
+            for seed in seeds:
+                t0 = time.perf_counter()
+                c = cell(dataset, per_class, seed, overrides, cached_only=not run_it)
+                if c is None:
+                    continue
+                print(f"[{group}] {variant} seed {seed}: accuracy {c['accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                cells.append(c)
+            if cells:
+                acc = [c["accuracy"] for c in cells]
+                rows.append({"system": f"{group}: {variant}", "overrides": overrides, "val_n": cells[0]["val_n"],
+                             "accuracy_mean": round(float(np.mean(acc)), 4),
+                             "accuracy_sd": round(float(np.std(acc, ddof=1)), 4) if len(acc) > 1 else None,
+                             "accuracy": [round(a, 4) for a in acc], "f1": [round(c["f1"], 4) for c in cells],
+                             "train_s": [c["train_s"] for c in cells], "steps": [c["steps"] for c in cells],
+                             "peak_rss_mb": max(c["peak_rss_mb"] for c in cells)})
+    path = write_results("recipes", "validation", rows, [], "python bench/recipes.py " + " ".join(sys.argv[1:]), started)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
