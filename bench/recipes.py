@@ -37,7 +37,11 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     "imdb-64": ("imdb", 64, (0, 1), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"}}),
     "imdb-16": ("imdb", 16, (0, 1), {"mean": {"model.pooling": "mean"},
                                      "mean+prototypes": {"model.pooling": "mean", "model.head_init": "prototypes"}}),
-    "sst5-full": ("sst5", None, (0,), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"}}),
+    "sst5-full": ("sst5", None, (0,), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"},
+                                       "mean, encoder dropout 0.1": {"model.pooling": "mean", "model.dropout": None},
+                                       "mean, lr 5e-4": {"model.pooling": "mean", "train.lr": 5e-4}}),
+    "sst5-16": ("sst5", 16, (0, 1, 2), {"mean": {"model.pooling": "mean"},
+                                        "mean+prototypes": {"model.pooling": "mean", "model.head_init": "prototypes"}}),
 }
 
 
