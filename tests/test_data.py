@@ -375,7 +375,8 @@ BAD_INPUTS = {
         {"source": "d", "validation_split": "dev", "need": ("validation",)},
         ["no split 'dev' (available: test, train)", "--data.validation_split"],
     ),
-    "too few rows to carve": ({"r.csv": GOOD}, {"source": "r.csv", "need": ("validation",)}, ["r.csv", "val_fraction"]),
+    "too few rows to carve": ({"r.csv": GOOD}, {"source": "r.csv", "min_held_out": 0, "need": ("validation",)},
+                              ["r.csv", "val_fraction"]),
 }
 
 
