@@ -89,14 +89,14 @@ def _mean_pool(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
 
 
 def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Sequence[int], *, pad_id: int,
-                   device: torch.device, dtype: torch.dtype | None, seed: int) -> bool:
+                   device: torch.device, dtype: torch.dtype | None, seed: int) -> None:
     """Start `model`'s head as a nearest-class-mean classifier over what it reads for up to
-    PROTOTYPE_TEXTS of the training texts (a seeded draw); False, and nothing changed, for a head
-    that is not one Linear layer."""
+    PROTOTYPE_TEXTS of the training texts (a seeded draw); a head that is not one Linear layer is
+    left as it is, with a log line."""
     head = getattr(model, "classifier", None)
     if type(head) is not nn.Linear:
         log.info("--model.head_init prototypes needs a one-layer head; this model's starts at random")
-        return False
+        return
     pick = np.random.default_rng(seed).permutation(len(ids))[:PROTOTYPE_TEXTS]
     features: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda module, args: features.append(args[0].detach().float().cpu()))
@@ -113,7 +113,6 @@ def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Seque
         model.train(was_training)
     centroid_head(head, torch.cat(features), [labels[i] for i in pick])
     log.info("head started from the class means of %d training texts", len(pick))
-    return True
 
 
 def centroid_head(head: nn.Linear, features: torch.Tensor, labels: Sequence[int]) -> None:
