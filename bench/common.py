@@ -410,3 +410,24 @@ def balanced_sample(df: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame
     if counts.min() < per_label:
         raise ValueError(f"cannot draw {per_label} rows per label: label {counts.idxmin()} has {counts.min()}.")
     return _with_names(_balanced(df, per_label, seed), list(df.attrs.get("label_names") or []))
+
+
+def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None) -> dict[str, Any]:
+    """`resolved` (Config.to_dict()) as a cache key: --train.contrastive_steps (added after most cells
+    were cached) as the trainer will decide it for this data, and left out when that is 0, so a cell
+    the stage does not touch keeps the key it had before the option existed.
+
+    The trainer's rule (sentilora.contrastive.auto_steps) reads token lengths; here the data set
+    stands for them: SST sentences (median ~25 tokens) are short, IMDB reviews (~230) are not.
+    """
+    from sentilora.contrastive import AUTO_BELOW, AUTO_STEPS
+
+    out = {section: dict(values) for section, values in resolved.items()}
+    steps = out["train"].get("contrastive_steps")
+    if steps is None:
+        short = dataset in ("sst2", "sst5")
+        steps = AUTO_STEPS if short and per_class is not None and per_class < AUTO_BELOW else 0
+    out["train"]["contrastive_steps"] = steps
+    if steps == 0:
+        del out["train"]["contrastive_steps"]
+    return out

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, WORK_DIR, utc_now, write_results  # noqa: E402
+from common import SHARED, SST2_CLASS_NAMES, WORK_DIR, config_for_key, sst, utc_now, write_results  # noqa: E402
 
 WORK = WORK_DIR / "recipes"
 SST = SHARED.parent / "sst"
@@ -39,9 +39,18 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
                                      "mean+prototypes": {"model.pooling": "mean", "model.head_init": "prototypes"}}),
     "sst5-full": ("sst5", None, (0,), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"},
                                        "mean, encoder dropout 0.1": {"model.pooling": "mean", "model.dropout": None},
-                                       "mean, lr 5e-4": {"model.pooling": "mean", "train.lr": 5e-4}}),
-    "sst5-16": ("sst5", 16, (0, 1, 2), {"mean": {"model.pooling": "mean"},
-                                        "mean+prototypes": {"model.pooling": "mean", "model.head_init": "prototypes"}}),
+                                       "mean, lr 5e-4": {"model.pooling": "mean", "train.lr": 5e-4},
+                                       "mean, LoRA on all linears": {"model.pooling": "mean", "lora.target_modules": ["all"]},
+                                       "mean, 10 epochs": {"model.pooling": "mean", "train.epochs": 10}}),
+    "sst2-full": ("sst2", None, (0,), {"mean": {"model.pooling": "mean"},
+                                       "mean, 10 epochs": {"model.pooling": "mean", "train.epochs": 10}}),
+    "sst5-16": ("sst5", 16, (0, 1, 2), {"mean": {"model.pooling": "mean", "train.contrastive_steps": 0},
+                                        "mean+prototypes": {"model.pooling": "mean", "model.head_init": "prototypes",
+                                                            "train.contrastive_steps": 0},
+                                        "mean, contrastive 100": {"model.pooling": "mean", "train.contrastive_steps": 100},
+                                        "mean, contrastive 200": {"model.pooling": "mean", "train.contrastive_steps": 200}}),
+    "sst2-16": ("sst2", 16, (0, 1, 2), {"mean": {"model.pooling": "mean", "train.contrastive_steps": 0},
+                                        "mean, contrastive 100": {"model.pooling": "mean", "train.contrastive_steps": 100}}),
 }
 
 
@@ -56,8 +65,12 @@ def _sst5() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     return train, val, SST5_NAMES
 
 
+def _sst2() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    return sst("sst2", "train"), sst("sst2", "validation"), SST2_CLASS_NAMES
+
+
 def data(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    return {"imdb": _imdb, "sst5": _sst5}[dataset]()
+    return {"imdb": _imdb, "sst5": _sst5, "sst2": _sst2}[dataset]()
 
 
 def _write(df: pd.DataFrame, path: Path) -> Path:
@@ -80,7 +93,7 @@ def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, An
                 "train.seed": seed, "data.seed": seed, **overrides}
     from sentilora.config import Config
 
-    resolved = Config().override(settings).to_dict()
+    resolved = config_for_key(Config().override(settings).to_dict(), dataset, per_class)
     key = hashlib.sha256(json.dumps([resolved, str(val_p)], sort_keys=True).encode()).hexdigest()[:12]
     out = WORK / f"{tag}-{key}.json"
     if out.exists():

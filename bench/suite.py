@@ -52,7 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BINARY_NAMES, P3_CLASS_NAMES, REPO_ROOT, RESULTS_DIR, SST2_CLASS_NAMES, SST5_CLASS_NAMES, SUITE_DATASETS, WORK_DIR,
-    code_version, model_path, render_readme, utc_now, write_results,
+    code_version, config_for_key, model_path, render_readme, utc_now, write_results,
 )
 
 BENCH = "suite"
@@ -96,7 +96,9 @@ def make_spec(inp: dict[str, Any], work: Path) -> dict[str, Any]:
     if system == "sentilora":
         from sentilora.config import Config
 
-        settings: dict[str, Any] = {"resolved": Config().override(sentilora_overrides(inp, work)).to_dict()}
+        resolved = Config().override(sentilora_overrides(inp, work)).to_dict()
+        per_class = None if inp["size"] == "full" else int(inp["size"])
+        settings: dict[str, Any] = {"resolved": config_for_key(resolved, inp["dataset"], per_class)}
     elif system == "tfidf":
         settings = peers.tfidf_settings()
     elif system == "embed_lr":

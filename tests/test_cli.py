@@ -11,7 +11,8 @@ from sentilora.cli import app
 
 runner = CliRunner()
 FAST = ["--model.max_length", "32", "--train.epochs", "1", "--train.batch_size", "8", "--train.precision", "fp32",
-        "--train.device", "cpu", "--data.val_fraction", "0.25", "--data.min_held_out", "0", "--train.min_steps", "0"]
+        "--train.device", "cpu", "--data.val_fraction", "0.25", "--data.min_held_out", "0", "--train.min_steps", "0",
+        "--train.contrastive_steps", "0"]
 
 
 def invoke(*args: str):

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 # text, so one process has an empty share; 17 validation rows split 9 / 8. LoRA in the top layer
 # only, so the frozen-prefix cache is on.
 FLAGS = ["--model.max_length", "32", "--train.epochs", "3", "--train.precision", "fp32", "--train.device", "cpu",
-         "--data.val_fraction", "0.25", "--data.min_held_out", "0", "--train.min_steps", "0", "--train.lr", "5e-2",
+         "--data.val_fraction", "0.25", "--data.min_held_out", "0", "--train.min_steps", "0", "--train.contrastive_steps", "0", "--train.lr", "5e-2",
          "--lora.layers", "1"]
 TIMEOUT = 180
 

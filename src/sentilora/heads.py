@@ -94,7 +94,9 @@ def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Seque
     PROTOTYPE_TEXTS of the training texts (a seeded draw); a head that is not one Linear layer is
     left as it is, with a log line."""
     head = getattr(model, "classifier", None)
-    if type(head) is not nn.Linear:
+    # Under PEFT the head is a wrapper around the trained copy (modules_to_save): write that copy.
+    linear = head.modules_to_save[head.active_adapters[0]] if hasattr(head, "modules_to_save") else head
+    if type(linear) is not nn.Linear:
         log.info("--model.head_init prototypes needs a one-layer head; this model's starts at random")
         return
     pick = np.random.default_rng(seed).permutation(len(ids))[:PROTOTYPE_TEXTS]
@@ -111,7 +113,7 @@ def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Seque
     finally:
         hook.remove()
         model.train(was_training)
-    centroid_head(head, torch.cat(features), [labels[i] for i in pick])
+    centroid_head(linear, torch.cat(features), [labels[i] for i in pick])
     log.info("head started from the class means of %d training texts", len(pick))
 
 

@@ -36,6 +36,7 @@ from sentilora import train_step as S
 from sentilora.batching import epoch_batches, pick_device, pick_dtype
 from sentilora.bundle import Manifest, save_bundle
 from sentilora.config import Config
+from sentilora.contrastive import auto_steps, contrastive_stage
 from sentilora.data import load_data
 from sentilora.errors import SentiloraError
 from sentilora.files import (
@@ -235,6 +236,10 @@ class Trainer:
             log.info("%d training texts make %d steps per epoch: %d epochs instead of %d, to take --train.min_steps %d",
                      len(self.train_ids), self.steps_per_epoch, self.epochs, t.epochs, t.min_steps)
         self.total_steps = total_steps = self.steps_per_epoch * self.epochs
+        self.contrastive_steps = t.contrastive_steps if t.contrastive_steps is not None else auto_steps(self.lengths, self.train_y)
+        if self.contrastive_steps and t.contrastive_steps is None and dd.is_main and not resume:
+            log.info("few labels of short texts: a contrastive stage of %d steps first (--train.contrastive_steps 0 skips it)",
+                     self.contrastive_steps)
         self.params = [p for p in s.model.parameters() if p.requires_grad]
         dd.broadcast_tensors(self.params)  # the same seed gives the same init everywhere; this makes sure of it
         if dd.rank:  # rank 0 keeps the one-process stream; the others get their own dropout masks
@@ -291,6 +296,8 @@ class Trainer:
         t, state, dd = self.t, self.state, self.dd
         total = len(self.train_ids) * self.epochs
         self.snapshots = sorted(m for m in snapshot_minutes if m * 60 >= self.seconds_before) if dd.is_main else []
+        if self.contrastive_steps and state.step == 0:  # not again on --resume
+            self.contrastive()
         with Progress(total, "train", enabled=self.show, epoch=min(state.epoch + 1, self.epochs), loss="-") as bar:
             bar.advance(min(total, state.step * self.global_batch * t.grad_accum), timed=False)
             try:
@@ -315,6 +322,16 @@ class Trainer:
                     log.warning("run stopped; `sentilora train --out %s --resume` continues from its last checkpoint", self.out_dir)
                 raise
         return self.finish()
+
+    def contrastive(self) -> None:
+        """The SetFit-style stage (sentilora.contrastive), then the head from the new class means."""
+        s, t, dd = self.s, self.t, self.dd
+        with Progress(self.contrastive_steps, "pairs", unit="steps", enabled=self.show, loss="-") as bar:
+            contrastive_stage(s.model, self.train_ids, self.train_y, steps=self.contrastive_steps,
+                              pairs_per_step=t.batch_size, lr=t.lr, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
+                              seed=t.seed, max_grad_norm=t.max_grad_norm, on_step=lambda _, loss: bar.advance(1, loss=loss))
+        H.prototype_head(s.model, self.train_ids, self.train_y, pad_id=self.pad_id, device=s.device, dtype=s.dtype, seed=t.seed)
+        dd.broadcast_tensors(self.params)  # every process starts the main stage from rank 0's weights
 
     def step(self, epoch: int, group: list[list[int]], bar: Progress) -> bool:
         """One optimiser step and what follows it (log line, hook, snapshots, checkpoint); True when

@@ -1,0 +1,141 @@
+"""A SetFit-style contrastive stage before classification (--train.contrastive_steps).
+
+With a few dozen labels per class, cross-entropy through a fresh head learns slowly and unevenly
+from draw to draw. SetFit (Tunstall et al., 2022) first fine-tunes the encoder on pairs of texts,
+pulling texts of one class together and pushing other classes apart, and only then fits a
+classifier on the embeddings. This stage does the same to the LoRA weights:
+
+- each step draws --train.batch_size pairs of training texts, half of one class and half of two
+  (`draw_pairs`);
+- both texts go through the model, and what the classification head reads is their embedding
+  (the mean-pooled state under --model.pooling mean);
+- the loss is SetFit's: the squared error between the pair's cosine similarity and 1 (one class)
+  or 0 (two classes).
+
+Afterwards the head starts from the class means of the new embeddings (`heads.prototype_head`),
+and ordinary training follows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sentilora.batching import autocast, collate
+from sentilora.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# --train.contrastive_steps unset: the stage runs AUTO_STEPS steps for a small training set of short
+# texts (README: 'Which setting for which data'; bench/results/recipes-validation.json).
+AUTO_STEPS = 100
+AUTO_BELOW = 40  # texts in the smallest class: on at 16 per class (measured), off at 64
+AUTO_MAX_TOKENS = 64  # median tokens per training text: SST sentences are ~25; IMDB reviews ~230
+
+
+def auto_steps(lengths: Sequence[int], labels: Sequence[int]) -> int:
+    """The stage's length when --train.contrastive_steps is unset: AUTO_STEPS for fewer than
+    AUTO_BELOW texts in the smallest class and a median text of at most AUTO_MAX_TOKENS tokens,
+    else 0. Long texts are left out: there the stage would cost more than SetFit's whole run."""
+    counts = np.bincount(np.asarray(labels, dtype=int))
+    counts = counts[counts > 0]
+    if len(counts) < 2 or counts.min() >= AUTO_BELOW or float(np.median(lengths)) > AUTO_MAX_TOKENS:
+        return 0
+    return AUTO_STEPS
+
+
+def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator) -> list[tuple[int, int, float]]:
+    """`n` pairs (i, j, target): even positions one class (target 1.0), odd positions two (0.0).
+
+    A class with one text pairs it with itself; with one class there are no negative pairs and
+    every pair is positive (the caller refuses that case).
+    """
+    y = np.asarray(labels)
+    members = {int(c): np.flatnonzero(y == c) for c in np.unique(y)}
+    pairs = []
+    for k in range(n):
+        i = int(rng.integers(len(y)))
+        same = members[int(y[i])]
+        if k % 2 == 0 or len(members) == 1:
+            others = same[same != i]
+            j = int(rng.choice(others)) if len(others) else i
+            pairs.append((i, j, 1.0))
+        else:
+            other = np.flatnonzero(y != y[i])
+            pairs.append((i, int(rng.choice(other)), 0.0))
+    return pairs
+
+
+@contextlib.contextmanager
+def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect what the classification head (`model.classifier`) reads during forward passes."""
+    head = getattr(model, "classifier", None)
+    if head is None:
+        raise ConfigError("--train.contrastive_steps needs a model whose head is called 'classifier' "
+                          "(BERT, DistilBERT and the like); set it to 0 for this one.")
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def contrastive_stage(
+    model: nn.Module,
+    ids: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    *,
+    steps: int,
+    pairs_per_step: int,
+    lr: float,
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    seed: int,
+    max_grad_norm: float = 1.0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """Train `model`'s trainable weights for `steps` steps on text pairs; returns the last 10 steps'
+    mean loss. Its own AdamW and linear warm-up (10%) and decay, so the main schedule is untouched."""
+    if len(set(labels)) < 2:
+        raise ConfigError("--train.contrastive_steps needs at least two classes in the training data.")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.to(device).train()
+    losses: list[float] = []
+    try:
+        for step in range(steps):
+            pairs = draw_pairs(labels, pairs_per_step, rng)
+            order = [i for i, _, _ in pairs] + [j for _, j, _ in pairs]
+            batch = {k: v.to(device) for k, v in collate([ids[i] for i in order], pad_id).items()}
+            target = torch.tensor([t for _, _, t in pairs], device=device)
+            with head_inputs(model) as seen, autocast(device, dtype):
+                model(**batch)
+            emb = seen[0].float()
+            cos = nn.functional.cosine_similarity(emb[: len(pairs)], emb[len(pairs) :], dim=-1)
+            loss = nn.functional.mse_loss(cos, target)
+            loss.backward()
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(step + 1, losses[-1])
+    finally:
+        model.train(was_training)
+    tail = float(np.mean(losses[-10:]))
+    log.info("contrastive stage: %d steps of %d pairs, loss %.4f -> %.4f", steps, pairs_per_step, losses[0], tail)
+    return tail

@@ -1,0 +1,103 @@
+"""The SetFit-style contrastive stage (--train.contrastive_steps)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_rows, tiny_config
+
+from sentilora import model as M
+from sentilora.contrastive import AUTO_STEPS, auto_steps, contrastive_stage, draw_pairs, head_inputs
+from sentilora.errors import ConfigError
+from sentilora.evaluate import evaluate_run
+from sentilora.tokens import encode
+from sentilora.train import train
+
+
+def test_pairs_are_half_one_class_half_two():
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    pairs = draw_pairs(labels, 200, np.random.default_rng(0))
+    assert len(pairs) == 200
+    same = [(i, j) for i, j, t in pairs if t == 1.0]
+    other = [(i, j) for i, j, t in pairs if t == 0.0]
+    assert len(same) == len(other) == 100
+    assert all(labels[i] == labels[j] and i != j for i, j in same)
+    assert all(labels[i] != labels[j] for i, j in other)
+    assert {labels[i] for i, _, _ in pairs} == {0, 1, 2}  # every class gets drawn
+
+
+def _embeddings(model, ids, pad_id):
+    from sentilora.batching import collate
+
+    model.eval()
+    with torch.no_grad(), head_inputs(model) as seen:
+        model(**collate(ids, pad_id))
+    return torch.nn.functional.normalize(seen[0].float(), dim=-1)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_the_stage_pulls_a_class_together_and_pushes_classes_apart(tiny_models, arch):
+    torch.manual_seed(0)
+    rows = make_rows(40, ["negative", "positive"], seed=3)
+    labels = [int(x == "positive") for x in rows["label"]]
+    tok = M.load_tokenizer(str(tiny_models[arch]))
+    ids = encode(tok, rows["text"].tolist(), max_length=32, truncation="head_tail")
+    base, new = M.load_base_model(str(tiny_models[arch]), ["negative", "positive"], pooling="mean")
+    M.set_dropout(base, 0.0)  # as training does by default (--model.dropout 0)
+    model = M.add_lora(base, r=4, alpha=8, dropout=0.0, targets=M.target_modules(base, None), heads=M.head_modules(base, new))
+    y = torch.tensor(labels)
+
+    def margin():  # mean cosine within classes minus mean cosine across them
+        e = _embeddings(model, ids, tok.pad_token_id)
+        sim = e @ e.T
+        same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool)
+        return (sim[same].mean() - sim[y[:, None] != y[None, :]].mean()).item()
+
+    before = margin()
+    contrastive_stage(model, ids, labels, steps=120, pairs_per_step=8, lr=3e-2, pad_id=tok.pad_token_id,
+                      device=torch.device("cpu"), dtype=None, seed=0)
+    after = margin()
+    assert after > before + 0.2, (before, after)
+
+
+def test_one_class_is_refused(tiny_models):
+    base, new = M.load_base_model(str(tiny_models["bert"]), ["a", "b"], pooling="mean")
+    with pytest.raises(ConfigError, match="two classes"):
+        contrastive_stage(base, [[1, 2]] * 4, [0] * 4, steps=1, pairs_per_step=2, lr=1e-3, pad_id=0,
+                          device=torch.device("cpu"), dtype=None, seed=0)
+
+
+def test_a_run_with_the_stage_trains_logs_it_and_reloads(tiny_models, dataset, tmp_path, caplog):
+    train_csv, test_csv = dataset()
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.contrastive_steps": 12, "model.pooling": "mean"})
+    with caplog.at_level(logging.INFO):
+        result = train(cfg, tmp_path / "run", progress=False)
+    assert "contrastive stage: 12 steps of 8 pairs" in caplog.text
+    assert "head started from the class means" in caplog.text
+    # The stage's steps are not optimiser steps of the main schedule.
+    assert result.steps == sum(1 for _ in open(tmp_path / "run" / "train_log.jsonl"))
+    assert evaluate_run(tmp_path / "run", baseline=False)["metrics"]["n"] == 24  # the bundle loads and scores
+
+
+def test_unset_runs_the_stage_only_for_few_labels_of_short_texts():
+    few_short = auto_steps([20] * 32, [0, 1] * 16)
+    assert few_short == AUTO_STEPS
+    assert auto_steps([20] * 128, [0, 1] * 64) == 0  # 64 per class: enough labels
+    assert auto_steps([230] * 32, [0, 1] * 16) == 0  # long reviews: the stage costs more than it gains
+    assert auto_steps([20] * 41, [0] * 40 + [1]) == AUTO_STEPS  # the smallest class decides
+
+
+def test_unset_steps_follow_the_data_and_zero_turns_the_stage_off(tiny_models, dataset, tmp_path, caplog):
+    train_csv, test_csv = dataset()  # 48 short synthetic texts: 18 per class after the hold-out
+    cfg = tiny_config(tiny_models["distilbert"], train_csv, test_csv, **{"train.contrastive_steps": None, "train.epochs": 1})
+    with caplog.at_level(logging.INFO):
+        train(cfg, tmp_path / "auto", progress=False)
+    assert f"a contrastive stage of {AUTO_STEPS} steps first" in caplog.text
+    assert f"contrastive stage: {AUTO_STEPS} steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train(cfg.override({"train.contrastive_steps": 0}), tmp_path / "off", progress=False)
+    assert "contrastive stage" not in caplog.text
