@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"files", "progress"},
     {"config", "tables", "metrics", "calibration", "batching", "tokens", "distributed", "schedule", "labels"},
-    {"data", "heads", "contrastive"},
+    {"data", "heads", "contrastive", "explain"},
     {"model"},
     {"bundle", "prefix"},
     {"predict"},

@@ -274,3 +274,50 @@ def test_serve_cli_takes_its_defaults_from_serve_settings():
     for text in (f"[default: {defaults.max_texts}]", f"[default: {defaults.max_body_bytes}]",
                  f"[default: {defaults.max_tokens}]", f"[default: {defaults.precision}]"):
         assert text in shown, text
+
+
+# ---- explanations -------------------------------------------------------------------------------
+
+
+def test_explain_answers_per_adapter_like_the_api(two_runs, loaded):
+    with _client(loaded) as client:
+        for name in ("a", "b"):
+            r = client.post("/v1/explain", json={"texts": TEXTS[:2], "model": name, "steps": 8})
+            assert r.status_code == 200, r.text
+            got = r.json()["explanations"]
+            alone = Classifier.load(two_runs[name], precision="fp32", merge=False).explain(TEXTS[:2], steps=8)
+            for e, ref in zip(got, alone):
+                assert e["model"] == name and e["predicted"] == ref.predicted and e["method"] == "integrated_gradients"
+                assert [w["word"] for w in e["words"]] == [w.word for w in ref.words]
+                np.testing.assert_allclose([w["score"] for w in e["words"]], [w.score for w in ref.words], atol=1e-4)
+        r = client.post("/v1/explain", json={"texts": TEXTS[:1], "target": "positive", "method": "grad_x_input"})
+        assert r.status_code == 200 and r.json()["explanations"][0]["target"] == "positive"
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"texts": TEXTS[:1], "target": "meh"}, 422, "not one of the labels"),
+    ({"texts": TEXTS[:1], "steps": 500}, 422, "steps"),
+    ({"texts": TEXTS[:1], "method": "saliency"}, 422, "method"),
+    ({"texts": []}, 422, "texts is empty"),
+    ({"texts": TEXTS[:1], "model": "zzz"}, 404, "unknown model"),
+])
+def test_explain_refuses_bad_requests(loaded, body, status, needle):
+    with _client(loaded) as client:
+        r = client.post("/v1/explain", json=body)
+        assert r.status_code == status and needle in r.text, r.text
+
+
+def test_an_explained_text_costs_more_of_the_queue(loaded):
+    async def main():
+        batcher = Batcher(loaded, ServeSettings(queue_texts=100), Metrics())  # not started: nothing drains
+        batcher.submit("a", ["x"], explain={"method": "integrated_gradients", "steps": 20})  # 60 units
+        with pytest.raises(QueueFull):
+            batcher.submit("a", ["x"], explain={"method": "integrated_gradients", "steps": 20})
+        batcher.submit("a", ["y"] * 40)  # plain texts still fit
+        await batcher.stop()
+
+    asyncio.run(main())
+    with _client(loaded, queue_texts=50) as client:
+        r = client.post("/v1/explain", json={"texts": ["a"], "steps": 20})
+        assert r.status_code == 503 and "queue full" in r.json()["error"]
+        assert client.post("/v1/explain", json={"texts": ["a"], "steps": 10}).status_code == 200

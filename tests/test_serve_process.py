@@ -185,3 +185,11 @@ def test_web_page_in_headless_chromium(server):
     shot = ARTIFACTS / "serve_page.png"
     subprocess.run([*flags, "--window-size=1000,700", f"--screenshot={shot}", url], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 1000
+    # The "explain" toggle: the text comes back as one shaded span per word, in the page's legend's colours.
+    explained = url + "&explain=1"
+    dom = subprocess.run([*flags, "--dump-dom", explained], capture_output=True, text=True, timeout=120).stdout
+    assert "words explained" in dom, dom[dom.find('id="status"'):][:300]
+    words = re.findall(r'<span class="w (?:pos|neg)" title="[+-][\d.e-]+" style="background: rgba\([\d, .]+\);">([^<]+)</span>', dom)
+    assert words == re.findall(r"\w+|[^\w\s]", REVIEW), dom[dom.find("<tbody>"):][:1500]
+    subprocess.run([*flags, "--window-size=1000,700", f"--screenshot={ARTIFACTS / 'serve_page_explain.png'}", explained],
+                   capture_output=True, timeout=120)

@@ -137,6 +137,14 @@ class _Job:
     model: str
     texts: list[str]
     future: asyncio.Future
+    explain: dict[str, Any] | None = None  # Classifier.explain's options; None: classify
+    cost: int = 0  # queue units: one per text to classify, more per text to explain (explain_cost)
+
+
+def explain_cost(method: str, steps: int) -> int:
+    """Queue units one explained text costs: a forward and a backward pass (about 3 forward passes'
+    work) per interpolation point, against one forward pass for a classified text."""
+    return 3 * (steps if method == "integrated_gradients" else 1)
 
 
 class Batcher:
@@ -163,13 +171,17 @@ class Batcher:
                 job.future.set_exception(RuntimeError("server shutting down"))
         self.executor.shutdown(wait=True)
 
-    def submit(self, model: str, texts: list[str]) -> asyncio.Future:
-        """Queue texts for `model`; the future gets their probabilities, (len(texts), classes)."""
-        if self.waiting_texts + len(texts) > self.settings.queue_texts:
+    def submit(self, model: str, texts: list[str], *, explain: dict[str, Any] | None = None) -> asyncio.Future:
+        """Queue texts for `model`; the future gets their probabilities, (len(texts), classes), or with
+        `explain` (Classifier.explain's options) their explanations. An explained text takes
+        `explain_cost` places of the queue's --queue-texts, so explanations cannot crowd it out cheaply."""
+        cost = len(texts) * (explain_cost(explain.get("method", "integrated_gradients"), explain.get("steps", 20))
+                             if explain is not None else 1)
+        if self.waiting_texts + cost > self.settings.queue_texts:
             raise QueueFull
         fut = asyncio.get_running_loop().create_future()
-        self.jobs.append(_Job(model, texts, fut))
-        self.waiting_texts += len(texts)
+        self.jobs.append(_Job(model, texts, fut, explain, cost))
+        self.waiting_texts += cost
         self.metrics.queue_depth.set(self.waiting_texts)
         self.wakeup.set()
         return fut
@@ -180,10 +192,11 @@ class Batcher:
         n = 0
         while self.jobs:
             job = self.jobs[0]
-            if taken and (not self.settings.batching or n + len(job.texts) > self.settings.max_batch_texts):
+            alone = job.explain is not None or (taken and taken[0].explain is not None)  # explanations run one job at a time
+            if taken and (alone or not self.settings.batching or n + len(job.texts) > self.settings.max_batch_texts):
                 break
             self.jobs.popleft()
-            self.waiting_texts -= len(job.texts)
+            self.waiting_texts -= job.cost
             if job.future.done():  # timed out or cancelled while waiting
                 continue
             taken.append(job)
@@ -207,9 +220,12 @@ class Batcher:
     async def _answer(self, name: str, jobs: list[_Job]) -> None:
         """One model call for all `jobs`; each gets its own rows back, or the error."""
         texts = [t for job in jobs for t in job.texts]
-        self.metrics.batch_texts.observe(len(texts))
+        explain = jobs[0].explain
+        if explain is None:
+            self.metrics.batch_texts.observe(len(texts))
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(self.executor, self._predict, name, texts)
+            work = (self._predict, name, texts) if explain is None else (self._explain, name, texts, explain)
+            probs = await asyncio.get_running_loop().run_in_executor(self.executor, *work)
         except Exception as e:  # noqa: BLE001 - reported to the waiting requests, logged here
             log.exception("model call failed")
             for job in jobs:
@@ -226,3 +242,7 @@ class Batcher:
     def _predict(self, name: str, texts: list[str]) -> np.ndarray:
         clf = self.models[name].classifier
         return clf.predict_proba(texts, max_tokens=self.settings.max_tokens, batch_size=64)
+
+    def _explain(self, name: str, texts: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+        # Classifier.explain predicts first, through the backend, which also activates a shared base's adapter.
+        return [e.to_dict() for e in self.models[name].classifier.explain(texts, **options)]

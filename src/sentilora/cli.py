@@ -361,6 +361,57 @@ def predict(
 
 @app.command()
 @friendly
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder from `sentilora train`, or a `merge` folder (not an ONNX export).")],
+    texts: Annotated[list[str], typer.Argument(help="Texts to explain.")],
+    target: Annotated[Optional[str], typer.Option("--target", help="Explain this label instead of the predicted one.")] = None,
+    method: Annotated[str, typer.Option("--method", help="integrated_gradients (exact up to --steps) or grad_x_input (one pass, rougher).")] = "integrated_gradients",
+    steps: Annotated[int, typer.Option("--steps", help="Interpolation points for integrated gradients: more is closer, slower.")] = 20,
+    top: Annotated[int, typer.Option("--top", help="Words listed for and against the label.")] = 5,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16.")] = "auto",
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text: every word with its character offsets and score.")] = False,
+) -> None:
+    """Show which words drove each prediction.
+
+    Example: sentilora explain runs/demo "Great cast, but the plot was a mess."
+    Each word is shaded by its contribution to the label's logit (green raises it, red lowers it);
+    the words the model never read (cut by its truncation) are struck through. The scores add up to
+    the logit's change from an all-padding text (integrated gradients; `gap` says how far off).
+    """
+    from rich.text import Text
+
+    from sentilora.predict import Classifier
+
+    clf = Classifier.load(run_dir, precision=precision, max_length=max_length)
+    for e in clf.explain(texts, target=target, method=method, steps=steps):  # type: ignore[arg-type]
+        if as_json:
+            out.print_json(json.dumps(e.to_dict()))
+            continue
+        scale = max((abs(w.score) for w in e.words if w.score is not None), default=0.0) or 1.0
+        shaded, at = Text(), 0
+        for w in e.words:
+            shaded.append(e.text[at : w.start])
+            if w.score is None:
+                shaded.append(w.word, style="strike dim")
+            else:
+                level = int(round(255 - 180 * min(1.0, abs(w.score) / scale)))
+                shaded.append(w.word, style=f"on rgb({level},255,{level})" if w.score > 0 else f"on rgb(255,{level},{level})")
+            at = w.end
+        shaded.append(e.text[at:])
+        out.print(f"[bold]{e.target}[/]" + (f" (predicted: {e.predicted})" if e.target != e.predicted else "")
+                  + f" — {e.method.replace('_', ' ')}, logit {e.logit:+.3f} vs {e.baseline_logit:+.3f} for padding, gap {e.gap:+.3f}")
+        out.print(shaded)
+        up, down = e.top(top)
+        out.print("  for:     " + (", ".join(f"{w.word} ({w.score:+.3f})" for w in up) or "-"))
+        out.print("  against: " + (", ".join(f"{w.word} ({w.score:+.3f})" for w in down) or "-"))
+        unread = sum(w.score is None for w in e.words)
+        if unread:
+            out.print(f"  {unread} words not read (truncated at {clf.max_length} tokens)")
+
+
+@app.command()
+@friendly
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder from `sentilora train` (or a merged folder).")],
     out_dir: Annotated[Path, typer.Argument(help="New folder for the exported model.")],

@@ -20,6 +20,7 @@ from sentilora.batching import autocast, collate, length_sorted_batches, pick_de
 from sentilora.bundle import Manifest, load_bundle, load_tokenizer_folder, save_bundle, save_merged
 from sentilora.calibration import calibrated_probs, decide
 from sentilora.errors import BundleError, ConfigError
+from sentilora.explain import DEFAULT_STEPS, Explanation, Method, explain_texts
 from sentilora.files import check_new_folder, first_line, new_folder
 from sentilora.tables import check_texts
 from sentilora.tokens import chunk_windows, encode, position_limit, special_tokens
@@ -221,6 +222,20 @@ class Classifier:
                 save_bundle(self.model, self.tokenizer, self.manifest, tmp)
             else:  # merged (on disk or in memory)
                 save_merged(self.model, self.tokenizer, self.manifest, tmp)
+
+    def explain(self, texts: str | Sequence[str], *, target: str | None = None, method: Method = "integrated_gradients",
+                steps: int = DEFAULT_STEPS) -> list[Explanation]:
+        """Word-level explanations (see `sentilora.explain`): each word's contribution to the logit of the
+        label `predict` shows for the text (or of `target`), over the tokens this classifier reads."""
+        if self.model is None:
+            raise BundleError("explanations need the PyTorch model (gradients); an ONNX export has none. "
+                              "Explain with the run folder or the merged folder instead.")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        check_texts(texts)
+        shown = self.decide(self.predict_proba(texts))  # the labels predict shows (calibration, threshold)
+        return explain_texts(self.model, self.tokenizer, texts, label_names=self.label_names, max_length=self.max_length,
+                             truncation=self.manifest.truncation, device=self.backend.device, dtype=self.backend.dtype,
+                             target=target, predicted=shown, method=method, steps=steps)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.manifest.truncation)

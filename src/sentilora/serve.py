@@ -28,7 +28,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
@@ -73,6 +73,37 @@ class Prediction(BaseModel):
 
 class ClassifyResponse(BaseModel):
     predictions: list[Prediction]
+
+
+class ExplainRequest(ClassifyRequest):
+    target: str | None = Field(default=None, description="Explain this label instead of the predicted one.")
+    method: Literal["integrated_gradients", "grad_x_input"] = Field(
+        default="integrated_gradients", description="integrated_gradients (exact up to `steps`) or grad_x_input (one pass).")
+    steps: int = Field(default=20, ge=1, le=64, description="Interpolation points for integrated gradients.")
+
+
+class WordScore(BaseModel):
+    start: int
+    end: int
+    word: str
+    score: float | None = Field(description="Contribution to the target's logit; null: cut by truncation, never read.")
+
+
+class Explanation(BaseModel):
+    text: str
+    target: str
+    predicted: str
+    method: str
+    steps: int
+    logit: float
+    baseline_logit: float
+    gap: float
+    words: list[WordScore]
+    model: str
+
+
+class ExplainResponse(BaseModel):
+    explanations: list[Explanation]
 
 
 class ErrorBody(BaseModel):
@@ -181,6 +212,8 @@ def _add_routes(app: FastAPI) -> None:
     errors = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503, 504)}
     app.post("/v1/classify", tags=["classify"], summary="Classify texts", response_model=ClassifyResponse,
              dependencies=keyed["dependencies"], responses=errors)(classify)
+    app.post("/v1/explain", tags=["classify"], summary="Which words drove each prediction", response_model=ExplainResponse,
+             dependencies=keyed["dependencies"], responses=errors)(explain)
     app.get("/", include_in_schema=False)(page)
 
 
@@ -209,28 +242,54 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 async def classify(req: ClassifyRequest, request: Request):
-    service = _service(request)
-    if service.draining or not service.ready:
-        return _error(request, 503, "server is shutting down" if service.draining else "models are still loading",
-                      reason="not_ready", headers={"Retry-After": "5"})
-    name = req.model or next(iter(service.models))
-    if name not in service.models:
-        return _error(request, 404, f"unknown model '{name}'; available: {', '.join(service.models)}",
-                      reason="unknown_model")
-    if (refusal := _check_texts(request, req.texts)) is not None:
-        return refusal
-    try:
-        fut = service.batcher.submit(name, list(req.texts))
-    except QueueFull:
-        return _error(request, 503, "server is busy (queue full); retry shortly", reason="queue_full",
-                      headers={"Retry-After": "1"})
-    try:
-        probs = await asyncio.wait_for(fut, timeout=service.settings.timeout_s)
-    except asyncio.TimeoutError:
-        return _error(request, 504, f"request timed out after {service.settings.timeout_s:g} s", reason="timeout")
-    service.metrics.texts.labels(model=name).inc(len(req.texts))
+    name, answer = await _run(req, request)
+    if isinstance(answer, JSONResponse):
+        return answer
     # A ready Response skips FastAPI's re-validation of the output (response_model still documents it).
-    return JSONResponse({"predictions": _predictions(service.models[name].classifier, name, probs)})
+    return JSONResponse({"predictions": _predictions(_service(request).models[name].classifier, name, answer)})
+
+
+async def explain(req: ExplainRequest, request: Request):
+    service = _service(request)
+    name = req.model or next(iter(service.models), "")
+    served = service.models.get(name)
+    if served is not None:
+        if served.classifier.model is None:
+            return _error(request, 400, f"model '{name}' is an ONNX export: explanations need a PyTorch model",
+                          reason="not_explainable")
+        if req.target is not None and req.target not in served.classifier.label_names:
+            return _error(request, 422, f"target '{req.target}' is not one of the labels of '{name}': "
+                          f"{', '.join(served.classifier.label_names)}", reason="invalid")
+    options = {"target": req.target, "method": req.method, "steps": req.steps}
+    name, answer = await _run(req, request, explain=options)
+    if isinstance(answer, JSONResponse):
+        return answer
+    return JSONResponse({"explanations": [{**e, "model": name} for e in answer]})
+
+
+async def _run(req: ClassifyRequest, request: Request, *, explain: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """Checks, then the texts through the batcher: (model name, its answer), or (name, the error response)."""
+    service = _service(request)
+    name = req.model or next(iter(service.models))
+    if service.draining or not service.ready:
+        return name, _error(request, 503, "server is shutting down" if service.draining else "models are still loading",
+                            reason="not_ready", headers={"Retry-After": "5"})
+    if name not in service.models:
+        return name, _error(request, 404, f"unknown model '{name}'; available: {', '.join(service.models)}",
+                            reason="unknown_model")
+    if (refusal := _check_texts(request, req.texts)) is not None:
+        return name, refusal
+    try:
+        fut = service.batcher.submit(name, list(req.texts), explain=explain)
+    except QueueFull:
+        return name, _error(request, 503, "server is busy (queue full); retry shortly", reason="queue_full",
+                            headers={"Retry-After": "1"})
+    try:
+        answer = await asyncio.wait_for(fut, timeout=service.settings.timeout_s)
+    except asyncio.TimeoutError:
+        return name, _error(request, 504, f"request timed out after {service.settings.timeout_s:g} s", reason="timeout")
+    service.metrics.texts.labels(model=name).inc(len(req.texts))
+    return name, answer
 
 
 def _check_texts(request: Request, texts: list[str]) -> JSONResponse | None:

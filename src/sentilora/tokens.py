@@ -17,18 +17,19 @@ def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation:
     prefix, suffix = special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
-    out = []
-    for seq in ids:
-        if len(seq) > budget:
-            if truncation == "right":
-                seq = seq[:budget]
-            elif truncation == "left":
-                seq = seq[-budget:]
-            else:  # head_tail: the opening sets the topic, the ending holds the verdict (Sun et al. 2019)
-                head = budget // 4
-                seq = seq[:head] + seq[len(seq) - (budget - head) :]
-        out.append(prefix + list(seq) + suffix)
-    return out
+    return [prefix + [seq[i] for i in kept_positions(len(seq), budget, truncation)] + suffix for seq in ids]
+
+
+def kept_positions(n: int, budget: int, truncation: str) -> list[int]:
+    """Which of a text's `n` tokens (no special tokens) the model reads when `budget` fit."""
+    if n <= budget:
+        return list(range(n))
+    if truncation == "right":
+        return list(range(budget))
+    if truncation == "left":
+        return list(range(n - budget, n))
+    head = budget // 4  # head_tail: the opening sets the topic, the ending holds the verdict (Sun et al. 2019)
+    return list(range(head)) + list(range(n - (budget - head), n))
 
 
 def position_limit(model: Any, tokenizer: Any = None) -> int:

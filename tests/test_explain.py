@@ -1,0 +1,79 @@
+"""Word-level explanations: `Classifier.explain` and `sentilora explain`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sentilora.cli import app
+from sentilora.errors import ConfigError
+from sentilora.predict import Classifier
+
+TEXT = "The acting was wonderful, but the plot was a boring mess."
+LONG = " ".join(["great acting and a lovely score"] + ["the film goes on"] * 20 + ["awful dull ending"])
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_integrated_gradients_add_up_to_the_logit_change(trained_run, arch):
+    clf = Classifier.load(trained_run(arch), precision="fp32")
+    # A tiny model trained for one epoch barely moves its logits; a larger head makes the test sharp
+    # (the axiom holds for any network, so scaling the last layer changes nothing about it).
+    clf.model.classifier.weight.data *= 1000
+    (e,) = clf.explain(TEXT, steps=64)
+    change = e.logit - e.baseline_logit
+    assert abs(change) > 0.01  # far above fp32 rounding
+    assert abs(e.gap) <= 0.05 * abs(change), (e.gap, change)  # the completeness axiom, within 5%
+    rough = clf.explain(TEXT, method="grad_x_input")[0]
+    assert rough.method == "grad_x_input" and rough.steps == 1 and rough.logit == pytest.approx(e.logit)
+
+
+def test_words_are_spans_of_the_text_in_order(trained_run):
+    clf = Classifier.load(trained_run("bert"), precision="fp32")
+    (e,) = clf.explain(TEXT, steps=8)
+    assert [w.word for w in e.words] == ["The", "acting", "was", "wonderful", ",", "but", "the", "plot", "was", "a",
+                                         "boring", "mess", "."]
+    assert all(TEXT[w.start : w.end] == w.word and w.score is not None for w in e.words)
+    assert e.predicted == clf.predict(TEXT) and e.target == e.predicted
+    up, down = e.top(3)
+    assert all(w.score > 0 for w in up) and all(w.score < 0 for w in down)
+    assert up == sorted(up, key=lambda w: -w.score)
+
+
+def test_the_words_truncation_cut_have_no_score(trained_run):
+    clf = Classifier.load(trained_run("bert"), precision="fp32", max_length=16)  # head+tail: 3 head tokens, 11 tail
+    (e,) = clf.explain(LONG, steps=4)
+    pattern = "".join("r" if w.score is not None else "-" for w in e.words)
+    # The opening and the ending were read, one stretch of the middle never was.
+    assert pattern.startswith("r") and pattern.endswith("rrr") and pattern.strip("r").strip("-") == "", pattern
+    assert pattern.count("-") > len(e.words) // 2
+
+
+def test_a_target_is_explained_and_a_wrong_one_is_refused(trained_run):
+    clf = Classifier.load(trained_run("bert"), precision="fp32")
+    other = next(n for n in clf.label_names if n != clf.predict(TEXT))
+    (e,) = clf.explain(TEXT, target=other, steps=8)
+    assert e.target == other and e.predicted != other
+    with pytest.raises(ConfigError, match="not one of this model's labels"):
+        clf.explain(TEXT, target="meh")
+
+
+def test_bf16_weights_explain_too(trained_run):
+    clf = Classifier.load(trained_run("distilbert"), precision="bf16")
+    (e,) = clf.explain(TEXT, steps=4)
+    assert all(w.score is not None for w in e.words)
+
+
+def test_cli_shades_words_and_prints_json(trained_run):
+    run = str(trained_run("bert"))
+    result = CliRunner().invoke(app, ["explain", run, TEXT, "--precision", "fp32", "--steps", "8"])
+    assert result.exit_code == 0, result.output
+    assert "for:" in result.output and "against:" in result.output and "integrated gradients" in result.output
+    result = CliRunner().invoke(app, ["explain", run, TEXT, "--json", "--precision", "fp32", "--steps", "8"])
+    assert result.exit_code == 0, result.output
+    e = json.loads(result.output)
+    assert e["text"] == TEXT and e["method"] == "integrated_gradients" and len(e["words"]) == 13
+    assert {"start", "end", "word", "score"} <= set(e["words"][0])
+    result = CliRunner().invoke(app, ["explain", run, TEXT, "--target", "meh"])
+    assert result.exit_code == 2 and "not one of this model's labels" in result.output
