@@ -18,9 +18,11 @@ from sentilora.cli import app
 from sentilora.evaluate import evaluate_run
 from sentilora.metrics import bootstrap_ci
 from sentilora.predict import Classifier
+from sentilora.explain import Word
 from sentilora.report import (
     confident_mistakes,
     excerpt,
+    highlighted_excerpt,
     length_buckets,
     truncation_errors,
     write_report,
@@ -94,7 +96,8 @@ def test_report_escapes_review_text(trained_run, tmp_path):
                         labels=y, logits=logits, note="<img src=x onerror=alert(1)>")
     page = path.read_text()
     assert "<script" not in page and "<b>bold" not in page and "<img src=x" not in page
-    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    # The mistakes table shows each word in its own shaded span: the pieces are escaped one by one.
+    assert '">&lt;</span><span style="' in page and '">script</span>' in page and '">&amp;</span>' in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<code>&lt;data&gt;.csv</code>" in page
     assert "<b>" in page  # the template's own markup (the bold headline column) is not escaped
 
@@ -146,3 +149,31 @@ def test_error_analysis_helpers():
     assert excerpt("a<br /><br />b") == "a b"
     long = excerpt("start " + "x " * 500 + "the end")
     assert long.startswith("start") and long.endswith("the end") and " … " in long and len(long) < 400
+
+
+def test_mistakes_are_shaded_by_what_drove_the_wrong_label(trained_run, tmp_path):
+    run = trained_run("bert")
+    texts = [f"Review {i}: the plot was dull but the cast was great." for i in range(12)]
+    y = np.arange(12) % 2
+    logits = np.where(np.eye(2)[1 - y] == 1, 3.0, -3.0)  # every row confidently wrong
+    page = write_report(tmp_path / "rep", run_dir=run, clf=Classifier.load(run), data_origin="d.csv", texts=texts,
+                        labels=y, logits=logits).read_text()
+    assert "what drove the wrong label" in page
+    shaded = re.findall(r'<span style="background:rgba\((?:46,160,67|215,58,73),[\d.]+\)">(\w+)</span>', page)
+    assert {"plot", "dull", "cast", "great"} <= set(shaded)
+
+
+def test_highlighted_excerpt_flattens_breaks_and_cuts_long_texts():
+    text = "Good<br /><br />film"
+    words = [Word(0, 4, "Good", 1.0), Word(4, 5, "<", 0.1), Word(5, 7, "br", 0.1), Word(8, 9, "/", 0.0),
+             Word(9, 10, ">", 0.1), Word(10, 11, "<", 0.1), Word(11, 13, "br", 0.1), Word(14, 15, "/", 0.1),
+             Word(15, 16, ">", 0.1), Word(16, 20, "film", -0.5)]
+    pieces = highlighted_excerpt(text, words)
+    assert "".join(p["text"] for p in pieces) == "Good film"
+    assert pieces[0]["style"] == "background:rgba(46,160,67,0.75)" and "215,58,73,0.38" in pieces[-1]["style"]
+    long = " ".join(["word"] * 300)
+    many = [Word(5 * i, 5 * i + 4, "word", None if 20 < i < 280 else 0.5) for i in range(300)]
+    cut = highlighted_excerpt(long, many)
+    shown = "".join(p["text"] for p in cut)
+    assert " … " in shown and len(shown) < 400 and shown.startswith("word word") and shown.endswith("word word")
+    assert any(p["style"] and "line-through" in p["style"] for p in cut)  # unread words are struck through

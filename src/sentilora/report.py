@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -97,6 +98,42 @@ def excerpt(text: str, *, head: int = 200, tail: int = 120) -> str:
     return f"{start} … {end}"
 
 
+_BREAK = re.compile(r"<br\s*/?>|\s+")
+
+
+def highlighted_excerpt(text: str, words: Sequence[Any], *, head: int = 200, tail: int = 120) -> list[dict[str, Any]]:
+    """`excerpt`'s view of a text, as pieces for the template: {"text", "style"} with each word's
+    background from its explanation score (green raises the explained label, red lowers it,
+    struck through: never read), HTML line breaks flattened, long texts cut between words."""
+    scale = max((abs(w.score) for w in words if w.score is not None), default=0.0) or 1.0
+    breaks = [(m.start(), m.end()) for m in _BREAK.finditer(text) if not m.group().isspace()]
+    pieces: list[dict[str, Any]] = []
+    at = 0
+    for w in words:
+        if any(a <= w.start and w.end <= b for a, b in breaks):  # a piece of "<br />": shown as a space
+            continue
+        if w.start > at:
+            pieces.append({"text": " ", "style": None})
+        if w.score is None:
+            style = "text-decoration:line-through;color:#8a909c"
+        else:
+            alpha = 0.75 * min(1.0, abs(w.score) / scale)
+            style = f"background:rgba({'46,160,67' if w.score > 0 else '215,58,73'},{alpha:.2f})"
+        pieces.append({"text": w.word, "style": style})
+        at = w.end
+    if sum(len(p["text"]) for p in pieces) <= head + tail + 20:
+        return pieces
+    first, n = [], 0
+    while n < head:
+        first.append(pieces[len(first)])
+        n += len(first[-1]["text"])
+    last, n = [], 0
+    while n < tail:
+        last.insert(0, pieces[len(pieces) - 1 - len(last)])
+        n += len(last[0]["text"])
+    return first + [{"text": " … ", "style": None}] + last
+
+
 # ---- the page ----------------------------------------------------------------------------------
 
 
@@ -169,6 +206,7 @@ def write_report(
                 "tuned": compute_metrics(y[rows], probs[rows], n_classes=k, label_names=names, y_pred=pred[rows])}
     mistakes = confident_mistakes(y, probs, pred)
     trunc = truncation_errors(y, pred, truncated)
+    explained = _explain_mistakes(clf, texts, mistakes)
 
     summary = {
         "run": str(run_dir), "data": data_origin, "n": len(y), "label_names": names, "note": note,
@@ -179,11 +217,22 @@ def write_report(
     }
     atomic_write_json(out / "report.json", summary)
     figures = {n: {"name": n, "caption": caption, "png": images.get(n)} for n, (caption, _) in figs.items()}
-    context = _context(summary, clf, texts, y, probs, pred, n_tok, base, mistakes, figures)
+    context = _context(summary, clf, texts, y, probs, pred, n_tok, base, mistakes, figures, explained)
     context["baseline"] = None if baseline is None else _baseline(baseline, m, history, binary=k == 2)
     atomic_write_text(out / "report.html", _template().render(context))
     log.info("report written to %s", out / "report.html")
     return out / "report.html"
+
+
+def _explain_mistakes(clf: Classifier, texts: Sequence[str], rows: np.ndarray) -> list[list[dict[str, Any]]] | None:
+    """The mistakes' words shaded by what drove the wrong label (integrated gradients); None for an
+    ONNX model, which has no gradients (the table then shows plain excerpts)."""
+    if clf.model is None or not len(rows):
+        return None
+    t0 = time.perf_counter()
+    found = clf.explain([texts[i] for i in rows])
+    log.info("explained the %d most confident mistakes in %.1f s", len(rows), time.perf_counter() - t0)
+    return [highlighted_excerpt(e.text, e.words) for e in found]
 
 
 @lru_cache(maxsize=1)
@@ -202,7 +251,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], *, cls: str, bold
 
 def _context(s: dict[str, Any], clf: Classifier, texts: Sequence[str], y: np.ndarray, probs: np.ndarray,
              pred: np.ndarray, n_tok: np.ndarray, base: dict[str, Any] | None, mistakes: np.ndarray,
-             figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+             figures: dict[str, dict[str, Any]], explained: list[list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Everything report.html.j2 shows, numbers formatted: the template only lays it out."""
     man, names, m, ci, raw = clf.manifest, clf.label_names, s["metrics"], s["bootstrap_95ci"], s["raw_metrics"]
     binary = len(names) == 2
@@ -241,6 +290,7 @@ def _context(s: dict[str, Any], clf: Classifier, texts: Sequence[str], y: np.nda
         "base": None if base is None else _before_after(base, s["n"], keys, texts, y, probs, pred, names),
         "n_mistakes": len(mistakes),
         "mistakes": _table(["text (excerpt)", "true", "predicted", "P(predicted)", "tokens"], mrow, cls="texts"),
+        "mistake_words": explained,  # per mistake, the excerpt as shaded pieces (or None: plain excerpts)
         "truncation_errors": _table(["texts", "rows", "errors", "error rate", "share of all errors"], trow, cls="num"),
     }
 
