@@ -122,7 +122,7 @@ def faithfulness(clf: Any, texts: list[str], *, occlusion: bool, seed: int = 0) 
         batch, where = [], []
         for m, order in ranked.items():
             for k in BINS:
-                top = set(order[: max(1, int(round(k * len(read))))])
+                top = set(order[: max(1, round(k * len(read)))])
                 batch += [joined(e.words, everything - top), joined(e.words, top | (everything - set(read)))]
                 where.append(m)
         p = clf.predict_proba(batch)[:, t]

@@ -64,7 +64,7 @@ def test_the_stage_pulls_a_class_together_and_pushes_classes_apart(tiny_models, 
 
 
 def test_one_class_is_refused(tiny_models):
-    base, new = M.load_base_model(str(tiny_models["bert"]), ["a", "b"], pooling="mean")
+    base, _ = M.load_base_model(str(tiny_models["bert"]), ["a", "b"], pooling="mean")
     with pytest.raises(ConfigError, match="two classes"):
         contrastive_stage(base, [[1, 2]] * 4, [0] * 4, steps=1, pairs_per_step=2, lr=1e-3, pad_id=0,
                           device=torch.device("cpu"), dtype=None, seed=0)
@@ -78,7 +78,7 @@ def test_a_run_with_the_stage_trains_logs_it_and_reloads(tiny_models, dataset, t
     assert "contrastive stage: 12 steps of 8 pairs" in caplog.text
     assert "head started from the class means" in caplog.text
     # The stage's steps are not optimiser steps of the main schedule.
-    assert result.steps == sum(1 for _ in open(tmp_path / "run" / "train_log.jsonl"))
+    assert result.steps == len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines())
     assert evaluate_run(tmp_path / "run", baseline=False)["metrics"]["n"] == 24  # the bundle loads and scores
 
 

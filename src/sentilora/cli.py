@@ -395,7 +395,7 @@ def explain(
             if w.score is None:
                 shaded.append(w.word, style="strike dim")
             else:
-                level = int(round(255 - 180 * min(1.0, abs(w.score) / scale)))
+                level = round(255 - 180 * min(1.0, abs(w.score) / scale))
                 shaded.append(w.word, style=f"on rgb({level},255,{level})" if w.score > 0 else f"on rgb(255,{level},{level})")
             at = w.end
         shaded.append(e.text[at:])
