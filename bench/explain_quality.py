@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK_DIR, PeakRSS, load_protocol, sst, utc_now, write_results  # noqa: E402
+from common import RESULTS_DIR, WORK_DIR, PeakRSS, load_protocol, sst, utc_now, write_results  # noqa: E402
 
 WORK = WORK_DIR / "explain"
 BINS = (0.01, 0.05, 0.10, 0.20, 0.50)
@@ -146,6 +146,10 @@ def cost(clf: Any, texts: list[str]) -> dict[str, float]:
             "n": len(seconds), "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 1)}
 
 
+def _part(name: str) -> str:
+    return "cost" if "cost" in name else "faithfulness"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sst2-run"), ap.add_argument("--imdb-run")
@@ -153,11 +157,20 @@ def main() -> None:
     ap.add_argument("--imdb-n", type=int, default=200, help="IMDB test reviews for faithfulness")
     ap.add_argument("--cost-n", type=int, default=30, help="texts per cost measurement")
     ap.add_argument("--occlusion-imdb", action="store_true", help="also rank IMDB words by occlusion (slow)")
+    ap.add_argument("--part", choices=["both", "faithfulness", "cost"], default="both",
+                    help="measure one part only; the other part's rows and targets are kept from the results file "
+                         "(cost needs an idle machine, faithfulness does not)")
     args = ap.parse_args()
     started = utc_now()
     from sentilora.predict import Classifier
 
     rows, targets = [], []
+    earlier = RESULTS_DIR / "explain-quality.json"
+    if args.part != "both" and earlier.is_file():  # keep the part not measured now
+        old = json.loads(earlier.read_text())
+        other = "cost" if args.part == "faithfulness" else "faithfulness"
+        rows += [r for r in old["rows"] if _part(r["system"]) == other]
+        targets += [t for t in old["targets"] if _part(t["name"]) == other]
     sst_test = sst("sst2", "test")
     _, imdb_test, _ = load_protocol("p1")
     for name, run, texts, n, occl in (
@@ -166,24 +179,29 @@ def main() -> None:
     ):
         clf = Classifier.load(run)
         pick = np.random.default_rng(0).permutation(len(texts))
-        print(f"[explain] {name}: faithfulness on {n} texts", flush=True)
-        found = faithfulness(clf, [texts[i] for i in pick[:n]], occlusion=occl)
-        for method, f in found.items():
-            rows.append({"system": f"{name}: {method}", "data": name, "method": method, **f, "run": str(run)})
-        lo, hi = (15, 25) if name == "sst2" else (400, 600)
-        sized = [texts[i] for i in pick if lo <= len(texts[i].split()) <= hi][: args.cost_n]
-        c = cost(clf, sized)
-        rows.append({"system": f"{name}: cost of integrated gradients (20 steps)", "data": name, **c,
-                     "peak_rss_mb": PeakRSS.now(), "precision": "bf16 weights" if clf.weights_cast else "fp32"})
-        print(f"[explain] {name}: {json.dumps(rows[-1])}", flush=True)
-        ig, att, rnd = (found[m]["comprehensiveness"] for m in ("integrated_gradients", "attention", "random"))
-        targets.append({"name": f"{name}: integrated gradients beat random and attention on comprehensiveness",
-                        "value": ig, "goal": f"> random ({rnd}) and > attention ({att})", "pass": ig > rnd and ig > att})
-        goal = 0.5 if name == "sst2" else 3.0
-        targets.append({"name": f"{name}: median seconds per explanation ({'20-word sentence' if name == 'sst2' else '500-word review'})",
-                        "value": c["median_s"], "goal": f"< {goal}", "pass": c["median_s"] < goal})
-    targets.append({"name": "peak RSS of the whole bench process (MB)", "value": PeakRSS.now(), "goal": "< 2000",
-                    "pass": PeakRSS.now() < 2000})
+        if args.part != "cost":
+            print(f"[explain] {name}: faithfulness on {n} texts", flush=True)
+            found = faithfulness(clf, [texts[i] for i in pick[:n]], occlusion=occl)
+            for method, f in found.items():
+                rows.append({"system": f"{name}: faithfulness, {method}", "data": name, "method": method, **f, "run": str(run)})
+            ig, att, rnd = (found[m]["comprehensiveness"] for m in ("integrated_gradients", "attention", "random"))
+            targets.append({"name": f"{name}: faithfulness: integrated gradients beat random and attention on comprehensiveness",
+                            "value": ig, "goal": f"> random ({rnd}) and > attention ({att})", "pass": ig > rnd and ig > att})
+        if args.part != "faithfulness":
+            lo, hi = (15, 25) if name == "sst2" else (400, 600)
+            sized = [texts[i] for i in pick if lo <= len(texts[i].split()) <= hi][: args.cost_n]
+            c = cost(clf, sized)
+            rows.append({"system": f"{name}: cost of integrated gradients (20 steps)", "data": name, **c,
+                         "peak_rss_mb": PeakRSS.now(), "precision": "bf16 weights" if clf.weights_cast else "fp32",
+                         "run": str(run)})
+            print(f"[explain] {name}: {json.dumps(rows[-1])}", flush=True)
+            goal = 0.5 if name == "sst2" else 3.0
+            what = "20-word sentence" if name == "sst2" else "500-word review"
+            targets.append({"name": f"{name}: cost: median seconds per explanation ({what})",
+                            "value": c["median_s"], "goal": f"< {goal}", "pass": c["median_s"] < goal})
+    if args.part != "faithfulness":
+        targets.append({"name": "cost: peak RSS of the bench process (MB)", "value": PeakRSS.now(), "goal": "< 2000",
+                        "pass": PeakRSS.now() < 2000})
     path = write_results("explain", "quality", rows, targets, "python bench/explain_quality.py " + " ".join(sys.argv[1:]), started)
     print(f"written to {path}")
 
