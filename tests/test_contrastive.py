@@ -10,7 +10,8 @@ import torch
 from conftest import make_rows, tiny_config
 
 from sentilora import model as M
-from sentilora.contrastive import AUTO_STEPS, auto_steps, contrastive_stage, draw_pairs, head_inputs
+from sentilora.contrastive import AUTO_STEPS, auto_steps, contrastive_stage, draw_pairs
+from sentilora.heads import head_inputs
 from sentilora.errors import ConfigError
 from sentilora.evaluate import evaluate_run
 from sentilora.tokens import encode

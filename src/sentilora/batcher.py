@@ -175,8 +175,7 @@ class Batcher:
         """Queue texts for `model`; the future gets their probabilities, (len(texts), classes), or with
         `explain` (Classifier.explain's options) their explanations. An explained text takes
         `explain_cost` places of the queue's --queue-texts, so explanations cannot crowd it out cheaply."""
-        cost = len(texts) * (explain_cost(explain.get("method", "integrated_gradients"), explain.get("steps", 20))
-                             if explain is not None else 1)
+        cost = len(texts) * (1 if explain is None else explain_cost(explain["method"], explain["steps"]))
         if self.waiting_texts + cost > self.settings.queue_texts:
             raise QueueFull
         fut = asyncio.get_running_loop().create_future()

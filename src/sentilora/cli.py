@@ -381,6 +381,7 @@ def explain(
     """
     from rich.text import Text
 
+    from sentilora.explain import shades
     from sentilora.predict import Classifier
 
     clf = Classifier.load(run_dir, precision=precision, max_length=max_length)
@@ -388,15 +389,14 @@ def explain(
         if as_json:
             out.print_json(json.dumps(e.to_dict()))
             continue
-        scale = max((abs(w.score) for w in e.words if w.score is not None), default=0.0) or 1.0
         shaded, at = Text(), 0
-        for w in e.words:
+        for w, strength in zip(e.words, shades(e.words)):
             shaded.append(e.text[at : w.start])
-            if w.score is None:
+            if strength is None:
                 shaded.append(w.word, style="strike dim")
             else:
-                level = round(255 - 180 * min(1.0, abs(w.score) / scale))
-                shaded.append(w.word, style=f"on rgb({level},255,{level})" if w.score > 0 else f"on rgb(255,{level},{level})")
+                level = round(255 - 180 * abs(strength))
+                shaded.append(w.word, style=f"on rgb({level},255,{level})" if strength > 0 else f"on rgb(255,{level},{level})")
             at = w.end
         shaded.append(e.text[at:])
         out.print(f"[bold]{e.target}[/]" + (f" (predicted: {e.predicted})" if e.target != e.predicted else "")

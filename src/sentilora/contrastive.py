@@ -18,9 +18,8 @@ and ordinary training follows.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from sentilora.batching import autocast, collate
 from sentilora.errors import ConfigError
+from sentilora.heads import head_inputs
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +69,6 @@ def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator) -> list[
             other = np.flatnonzero(y != y[i])
             pairs.append((i, int(rng.choice(other)), 0.0))
     return pairs
-
-
-@contextlib.contextmanager
-def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect what the classification head (`model.classifier`) reads during forward passes."""
-    head = getattr(model, "classifier", None)
-    if head is None:
-        raise ConfigError("--train.contrastive_steps needs a model whose head is called 'classifier' "
-                          "(BERT, DistilBERT and the like); set it to 0 for this one.")
-    seen: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    try:
-        yield seen
-    finally:
-        hook.remove()
 
 
 def contrastive_stage(

@@ -100,8 +100,7 @@ def explain_texts(
             ids = prefix + [enc["input_ids"][i] for i in kept] + suffix
             base = prefix + [pad] * len(kept) + suffix
             shown = target or (predicted[n] if predicted is not None else None)
-            scores, logits, base_logits = _attribute(model, ids, base, shown, label_names, device, dtype, method, steps)
-            t = int(logits.argmax()) if shown is None else list(label_names).index(shown)
+            t, scores, logits, base_logits = _attribute(model, ids, base, shown, label_names, device, dtype, method, steps)
             decided = predicted[n] if predicted is not None else label_names[int(logits.argmax())]
             token_scores = dict(zip(kept, scores[len(prefix) : len(prefix) + len(kept)].tolist()))
             words = _words(text, enc, token_scores)
@@ -117,7 +116,8 @@ def explain_texts(
 
 
 def _attribute(model, ids, base, target, label_names, device, dtype, method, steps):
-    """Per-token scores (fp32, special tokens included), the text's logits and the baseline's."""
+    """The explained class's index, per-token scores (fp32, special tokens included), the text's logits
+    and the baseline's."""
     embed = model.get_input_embeddings()
     with torch.no_grad():
         x = embed(torch.tensor([ids], device=device)).float()
@@ -138,7 +138,14 @@ def _attribute(model, ids, base, target, label_names, device, dtype, method, ste
             (grad,) = torch.autograd.grad(out, points)
         grad_sum += grad.float().sum(0)
     scores = ((x - x0)[0] * grad_sum / len(alphas)).sum(-1)
-    return scores.cpu(), logits.cpu(), base_logits.cpu()
+    return t, scores.cpu(), logits.cpu(), base_logits.cpu()
+
+
+def shades(words: Sequence[Word]) -> list[float | None]:
+    """Each word's score over the largest absolute score among `words` (-1 to 1; None: not read): the
+    strength every display shades a word with."""
+    scale = max((abs(w.score) for w in words if w.score is not None), default=0.0) or 1.0
+    return [None if w.score is None else w.score / scale for w in words]
 
 
 def _words(text: str, enc: Any, token_scores: dict[int, float]) -> list[Word]:

@@ -11,8 +11,9 @@ head reads, so a tiny training set starts from a sensible classifier rather than
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,21 @@ def _mean_pool(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
 # ---- head initialisation ----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect what the classification head (`model.classifier`) reads during forward passes."""
+    head = getattr(model, "classifier", None)
+    if head is None:
+        raise ConfigError("--train.contrastive_steps needs a model whose head is called 'classifier' "
+                          "(BERT, DistilBERT and the like); set it to 0 for this one.")
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
 def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Sequence[int], *, pad_id: int,
                    device: torch.device, dtype: torch.dtype | None, seed: int) -> None:
     """Start `model`'s head as a nearest-class-mean classifier over what it reads for up to
@@ -100,20 +116,17 @@ def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Seque
         log.info("--model.head_init prototypes needs a one-layer head; this model's starts at random")
         return
     pick = np.random.default_rng(seed).permutation(len(ids))[:PROTOTYPE_TEXTS]
-    features: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda module, args: features.append(args[0].detach().float().cpu()))
     was_training = model.training
     model.to(device).eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), head_inputs(model) as features:
             for start in range(0, len(pick), 32):
                 batch = collate([ids[i] for i in pick[start : start + 32]], pad_id)
                 with autocast(device, dtype):
                     model(**{k: v.to(device) for k, v in batch.items()})
     finally:
-        hook.remove()
         model.train(was_training)
-    centroid_head(linear, torch.cat(features), [labels[i] for i in pick])
+    centroid_head(linear, torch.cat([f.float().cpu() for f in features]), [labels[i] for i in pick])
     log.info("head started from the class means of %d training texts", len(pick))
 
 

@@ -37,6 +37,7 @@ from sentilora.figures import (
     styled,
     to_png,
 )
+from sentilora.explain import shades
 from sentilora.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sentilora.metrics import N_BOOT, bootstrap_ci, compute_metrics
 from sentilora.tokens import special_tokens
@@ -98,27 +99,25 @@ def excerpt(text: str, *, head: int = 200, tail: int = 120) -> str:
     return f"{start} … {end}"
 
 
-_BREAK = re.compile(r"<br\s*/?>|\s+")
+_BREAK = re.compile(r"<br\s*/?>")
 
 
 def highlighted_excerpt(text: str, words: Sequence[Any], *, head: int = 200, tail: int = 120) -> list[dict[str, Any]]:
     """`excerpt`'s view of a text, as pieces for the template: {"text", "style"} with each word's
     background from its explanation score (green raises the explained label, red lowers it,
     struck through: never read), HTML line breaks flattened, long texts cut between words."""
-    scale = max((abs(w.score) for w in words if w.score is not None), default=0.0) or 1.0
-    breaks = [(m.start(), m.end()) for m in _BREAK.finditer(text) if not m.group().isspace()]
+    breaks = [(m.start(), m.end()) for m in _BREAK.finditer(text)]
     pieces: list[dict[str, Any]] = []
     at = 0
-    for w in words:
+    for w, strength in zip(words, shades(words)):
         if any(a <= w.start and w.end <= b for a, b in breaks):  # a piece of "<br />": shown as a space
             continue
         if w.start > at:
             pieces.append({"text": " ", "style": None})
-        if w.score is None:
+        if strength is None:
             style = "text-decoration:line-through;color:#8a909c"
         else:
-            alpha = 0.75 * min(1.0, abs(w.score) / scale)
-            style = f"background:rgba({'46,160,67' if w.score > 0 else '215,58,73'},{alpha:.2f})"
+            style = f"background:rgba({'46,160,67' if strength > 0 else '215,58,73'},{0.75 * abs(strength):.2f})"
         pieces.append({"text": w.word, "style": style})
         at = w.end
     if sum(len(p["text"]) for p in pieces) <= head + tail + 20:
