@@ -11,6 +11,7 @@ from sentilora.cli import app
 from sentilora.errors import ConfigError
 from sentilora.heads import head_inputs
 from sentilora.predict import Classifier
+from sentilora.tokens import chunk_windows
 
 TEXT = "The acting was wonderful, but the plot was a boring mess."
 LONG = " ".join(["great acting and a lovely score"] + ["the film goes on"] * 20 + ["awful dull ending"])
@@ -58,6 +59,24 @@ def test_the_words_truncation_cut_have_no_score(trained_run):
     assert pattern.count("-") > len(e.words) // 2
 
 
+def test_chunked_windows_explain_every_word_and_add_up_to_the_averaged_logit(trained_run):
+    clf = Classifier.load(trained_run("bert"), precision="fp32", max_length=16)  # LONG takes several windows
+    target = clf.label_names[0]
+    with head_inputs(clf.model) as seen:
+        clf.explain(LONG, target=target, steps=1, long_texts="chunk")
+    states = [s for s in seen if len(s) > 1][-1].detach()  # text and baseline of every window, alternating
+    apart = (states[0::2] - states[1::2]).mean(0)  # the averaged logit moves along this
+    clf.model.classifier.weight.data[0] = 5 * apart / apart.norm() ** 2
+    (e,) = clf.explain(LONG, target=target, steps=32, long_texts="chunk")
+    assert e.windows == len(chunk_windows(clf.tokenizer(LONG, add_special_tokens=False)["input_ids"], [0], [0], 16)) > 2
+    assert all(w.score is not None for w in e.words)  # every word was read by some window
+    assert e.logit == pytest.approx(float(clf.logits([LONG], long_texts="chunk")[0, 0]), abs=1e-4)  # what predict reads
+    assert e.logit - e.baseline_logit == pytest.approx(5, rel=1e-3)
+    assert abs(e.gap) <= 0.05 * 5  # completeness holds for the mean of the windows
+    (cut,) = clf.explain(LONG, target=target, steps=4)
+    assert cut.windows == 1 and any(w.score is None for w in cut.words)
+
+
 def test_a_target_is_explained_and_a_wrong_one_is_refused(trained_run):
     clf = Classifier.load(trained_run("bert"), precision="fp32")
     other = next(n for n in clf.label_names if n != clf.predict(TEXT))
@@ -83,5 +102,7 @@ def test_cli_shades_words_and_prints_json(trained_run):
     e = json.loads(result.output)
     assert e["text"] == TEXT and e["method"] == "integrated_gradients" and len(e["words"]) == 13
     assert {"start", "end", "word", "score"} <= set(e["words"][0])
+    result = CliRunner().invoke(app, ["explain", run, LONG, "--long-texts", "chunk", "--max-length", "16", "--steps", "2"])
+    assert result.exit_code == 0 and "windows" in result.output and "not read" not in result.output, result.output
     result = CliRunner().invoke(app, ["explain", run, TEXT, "--target", "meh"])
     assert result.exit_code == 2 and "not one of this model's labels" in result.output

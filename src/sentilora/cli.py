@@ -370,6 +370,8 @@ def explain(
     top: Annotated[int, typer.Option("--top", help="Words listed for and against the label.")] = 5,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16.")] = "auto",
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
+    long_texts: Annotated[str, typer.Option("--long-texts", help="truncate: as in training (cut words are struck through); "
+                                            "chunk: every word, as `predict --long-texts chunk` reads it (slower: one explanation per window).")] = "truncate",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text: every word with its character offsets and score.")] = False,
 ) -> None:
     """Show which words drove each prediction.
@@ -385,7 +387,7 @@ def explain(
     from sentilora.predict import Classifier
 
     clf = Classifier.load(run_dir, precision=precision, max_length=max_length)
-    for e in clf.explain(texts, target=target, method=method, steps=steps):  # type: ignore[arg-type]
+    for e in clf.explain(texts, target=target, method=method, steps=steps, long_texts=long_texts):  # type: ignore[arg-type]
         if as_json:
             out.print_json(json.dumps(e.to_dict()))
             continue
@@ -400,7 +402,8 @@ def explain(
             at = w.end
         shaded.append(e.text[at:])
         out.print(f"[bold]{e.target}[/]" + (f" (predicted: {e.predicted})" if e.target != e.predicted else "")
-                  + f" — {e.method.replace('_', ' ')}, logit {e.logit:+.3f} vs {e.baseline_logit:+.3f} for padding, gap {e.gap:+.3f}")
+                  + f" — {e.method.replace('_', ' ')}, logit {e.logit:+.3f} vs {e.baseline_logit:+.3f} for padding, gap {e.gap:+.3f}"
+                  + (f", mean of {e.windows} windows" if e.windows > 1 else ""))
         out.print(shaded)
         up, down = e.top(top)
         out.print("  for:     " + (", ".join(f"{w.word} ({w.score:+.3f})" for w in up) or "-"))

@@ -10,7 +10,10 @@ baseline to text (the completeness axiom; `Explanation.gap` is how far the finit
 'grad_x_input' is the one-pass shortcut: the gradient at the text alone, times the same difference.
 
 Token scores are summed per word (the tokenizer's own word split), with character offsets into the
-text as given. Words that the truncation cut out have no score: the model never read them.
+text as given. Words that the truncation cut out have no score: the model never read them. With
+long_texts='chunk' (the prediction then averages the logits of overlapping windows over the whole
+text) each window is explained on its own and a token's score is the mean of its windows' scores
+(zero from a window that did not read it), which keeps the completeness axiom for the averaged logit.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from sentilora.batching import autocast
 from sentilora.errors import ConfigError
-from sentilora.tokens import kept_positions, special_tokens
+from sentilora.tokens import kept_positions, special_tokens, window_positions
 
 Method = Literal["integrated_gradients", "grad_x_input"]
 METHODS = ("integrated_gradients", "grad_x_input")
@@ -50,6 +53,7 @@ class Explanation:
     baseline_logit: float  # ... and for the all-padding baseline
     gap: float  # sum of the scores minus (logit - baseline_logit): 0 for exact integrated gradients
     words: list[Word] = field(default_factory=list)
+    windows: int = 1  # windows the text was read in (long_texts='chunk'); the logits are their mean
 
     def top(self, k: int = 5) -> tuple[list[Word], list[Word]]:
         """The `k` words that raised the target's logit most, and the `k` that lowered it most."""
@@ -76,13 +80,17 @@ def explain_texts(
     predicted: Sequence[str] | None = None,
     method: Method = "integrated_gradients",
     steps: int = DEFAULT_STEPS,
+    long_texts: str = "truncate",
 ) -> list[Explanation]:
     """One `Explanation` per text, of the class `predicted` names for it (default: the largest logit),
-    or of `target` (a label name) for every text."""
+    or of `target` (a label name) for every text. long_texts: 'truncate' (the bundle's truncation) or
+    'chunk' (overlapping windows over the whole text, as `Classifier.logits` reads it)."""
     if method not in METHODS:
         raise ConfigError(f"--method {method}: choose integrated_gradients or grad_x_input.")
     if steps < 1:
         raise ConfigError("--steps must be at least 1.")
+    if long_texts not in ("truncate", "chunk"):
+        raise ConfigError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
     if target is not None and target not in label_names:
         raise ConfigError(f"--target {target!r} is not one of this model's labels: {', '.join(label_names)}.")
     if not getattr(tokenizer, "is_fast", False):
@@ -96,37 +104,46 @@ def explain_texts(
         out = []
         for n, text in enumerate(texts):
             enc = tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False)
-            kept = kept_positions(len(enc["input_ids"]), budget, truncation)
-            ids = prefix + [enc["input_ids"][i] for i in kept] + suffix
-            base = prefix + [pad] * len(kept) + suffix
+            length = len(enc["input_ids"])
+            windows = ([kept_positions(length, budget, truncation)] if long_texts == "truncate"
+                       else window_positions(length, budget))
+            pairs = [(prefix + [enc["input_ids"][i] for i in w] + suffix, prefix + [pad] * len(w) + suffix) for w in windows]
+            logits, base_logits = _logits(model, pairs, device, dtype)
             shown = target or (predicted[n] if predicted is not None else None)
-            t, scores, logits, base_logits = _attribute(model, ids, base, shown, label_names, device, dtype, method, steps)
-            decided = predicted[n] if predicted is not None else label_names[int(logits.argmax())]
-            token_scores = dict(zip(kept, scores[len(prefix) : len(prefix) + len(kept)].tolist()))
+            t = int(logits.argmax()) if shown is None else list(label_names).index(shown)
+            token_scores: dict[int, float] = {}
+            for w, (ids, base) in zip(windows, pairs):
+                scores = _attribute(model, ids, base, t, device, dtype, method, steps)[len(prefix) : len(prefix) + len(w)]
+                for pos, score in zip(w, scores.tolist()):
+                    token_scores[pos] = token_scores.get(pos, 0.0) + score / len(windows)
             words = _words(text, enc, token_scores)
+            decided = predicted[n] if predicted is not None else label_names[int(logits.argmax())]
             change = float(logits[t] - base_logits[t])
             out.append(Explanation(
-                text=text, target=label_names[t], predicted=decided, method=method,
-                steps=steps if method == "integrated_gradients" else 1, logit=float(logits[t]),
+                text=text, target=label_names[t], predicted=decided, method=method, steps=steps if method == "integrated_gradients" else 1, logit=float(logits[t]),
                 baseline_logit=float(base_logits[t]), gap=sum(w.score for w in words if w.score is not None) - change,
-                words=words))
+                words=words, windows=len(windows)))
         return out
     finally:
         model.train(was_training)
 
 
-def _attribute(model, ids, base, target, label_names, device, dtype, method, steps):
-    """The explained class's index, per-token scores (fp32, special tokens included), the text's logits
-    and the baseline's."""
+def _logits(model, pairs, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of a text and of its baseline, each the mean over the (text, baseline) window pairs."""
+    seqs = [seq for pair in pairs for seq in pair]  # text, baseline, text, baseline, ...: all of one length
+    with torch.no_grad(), autocast(device, dtype):
+        logits = model(input_ids=torch.tensor(seqs, device=device),
+                       attention_mask=torch.ones(len(seqs), len(seqs[0]), dtype=torch.long, device=device)).logits.float()
+    return logits[0::2].mean(0).cpu(), logits[1::2].mean(0).cpu()
+
+
+def _attribute(model, ids, base, t, device, dtype, method, steps) -> torch.Tensor:
+    """Per-token scores (fp32, special tokens included) of class `t`'s logit for one window."""
     embed = model.get_input_embeddings()
     with torch.no_grad():
         x = embed(torch.tensor([ids], device=device)).float()
         x0 = embed(torch.tensor([base], device=device)).float()
-        mask = torch.ones(1, len(ids), dtype=torch.long, device=device)
-        with autocast(device, dtype):
-            both = model(inputs_embeds=torch.cat([x, x0]).to(embed.weight.dtype), attention_mask=mask.expand(2, -1)).logits.float()
-    logits, base_logits = both[0], both[1]
-    t = int(logits.argmax()) if target is None else list(label_names).index(target)
+    mask = torch.ones(1, len(ids), dtype=torch.long, device=device)
     alphas = (torch.arange(steps, device=device, dtype=torch.float32) + 0.5) / steps
     if method == "grad_x_input":
         alphas = torch.ones(1, device=device)
@@ -137,8 +154,7 @@ def _attribute(model, ids, base, target, label_names, device, dtype, method, ste
             out = model(inputs_embeds=points, attention_mask=mask.expand(len(chunk), -1)).logits[:, t].float().sum()
             (grad,) = torch.autograd.grad(out, points)
         grad_sum += grad.float().sum(0)
-    scores = ((x - x0)[0] * grad_sum / len(alphas)).sum(-1)
-    return t, scores.cpu(), logits.cpu(), base_logits.cpu()
+    return ((x - x0)[0] * grad_sum / len(alphas)).sum(-1).cpu()
 
 
 def shades(words: Sequence[Word]) -> list[float | None]:

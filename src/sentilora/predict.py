@@ -224,18 +224,19 @@ class Classifier:
                 save_merged(self.model, self.tokenizer, self.manifest, tmp)
 
     def explain(self, texts: str | Sequence[str], *, target: str | None = None, method: Method = "integrated_gradients",
-                steps: int = DEFAULT_STEPS) -> list[Explanation]:
+                steps: int = DEFAULT_STEPS, long_texts: LongTexts = "truncate") -> list[Explanation]:
         """Word-level explanations (see `sentilora.explain`): each word's contribution to the logit of the
-        label `predict` shows for the text (or of `target`), over the tokens this classifier reads."""
+        label `predict` shows for the text (or of `target`), over the tokens this classifier reads
+        (long_texts='chunk': every word, in the overlapping windows `logits` averages)."""
         if self.model is None:
             raise BundleError("explanations need the PyTorch model (gradients); an ONNX export has none. "
                               "Explain with the run folder or the merged folder instead.")
         texts = [texts] if isinstance(texts, str) else list(texts)
         check_texts(texts)
-        shown = self.decide(self.predict_proba(texts))  # the labels predict shows (calibration, threshold)
+        shown = self.decide(self.predict_proba(texts, long_texts=long_texts))  # the labels predict shows (calibration, threshold)
         return explain_texts(self.model, self.tokenizer, texts, label_names=self.label_names, max_length=self.max_length,
                              truncation=self.manifest.truncation, device=self.backend.device, dtype=self.backend.dtype,
-                             target=target, predicted=shown, method=method, steps=steps)
+                             target=target, predicted=shown, method=method, steps=steps, long_texts=long_texts)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return encode(self.tokenizer, texts, max_length=self.max_length, truncation=self.manifest.truncation)
@@ -250,6 +251,8 @@ class Classifier:
         progress: Progress = None,
     ) -> np.ndarray:
         """Raw logits (n_texts, n_labels). long_texts='chunk' averages the logits of overlapping windows."""
+        if long_texts not in ("truncate", "chunk"):
+            raise ConfigError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
         k = len(self.label_names)
         run = dict(pad_id=self.pad_id, num_labels=k, max_batch=batch_size, max_tokens=max_tokens)
         if long_texts == "truncate":

@@ -54,16 +54,21 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 def chunk_windows(ids: Sequence[int], prefix: list[int], suffix: list[int], max_length: int) -> list[list[int]]:
-    """Split one over-long text into overlapping windows (a quarter overlap), each with special tokens.
+    """Split one over-long text into overlapping windows (`window_positions`), each with special tokens.
 
     Kept rather than a fast tokenizer's `return_overflowing_tokens` + `stride`: that leaves a short
     last window (the tail of the text read with little context), where this one ends the last window
     at the text's end so every window is full; and it works from ids already computed.
     """
-    body = list(ids)
     size = max_length - len(prefix) - len(suffix)
-    if len(body) <= size:
-        return [prefix + body + suffix]
+    return [prefix + [ids[i] for i in window] + suffix for window in window_positions(len(ids), size)]
+
+
+def window_positions(n: int, size: int) -> list[range]:
+    """Which of a text's `n` tokens each window reads, `size` at a time: a quarter overlap, and the
+    last window ends at the text's end. A text that fits is one window."""
+    if n <= size:
+        return [range(n)]
     stride = max(1, size - size // 4)
-    starts = list(range(0, len(body) - size, stride)) + [len(body) - size]
-    return [prefix + body[s : s + size] + suffix for s in starts]
+    starts = list(range(0, n - size, stride)) + [n - size]
+    return [range(s, s + size) for s in starts]
