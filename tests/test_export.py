@@ -88,6 +88,11 @@ def test_int8_records_what_it_kept_in_fp32(run_dir, tmp_path):
     assert info["passed"] and info["fp32_nodes"] == [] and check["int8_fp32_nodes"] == []  # plain int8 passed here
     assert check["heldout"]["texts"] == 200 and 0 <= check["heldout"]["label_agreement"] <= 1
     assert not (out / "model.onnx.work").exists()
+    import onnx
+    from onnx.numpy_helper import to_array
+
+    weights = [to_array(t) for t in onnx.load(str(out / "model.onnx")).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights)  # 7-bit: 2 x 255 x 64 fits a saturating 16-bit sum
 
 
 def test_int8_search_keeps_the_most_sensitive_nodes_in_fp32(run_dir, tmp_path, monkeypatch):
