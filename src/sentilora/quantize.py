@@ -66,10 +66,22 @@ def quantize(src: Path, dst: Path, *, exclude: Sequence[str] = (), only: Sequenc
     # in fp32 instead of 6, and 12 instead of 16 on SST-2) at the same speed. The fused Attention op
     # (com.microsoft domain) is quantised too; shape inference cannot type its outputs, hence
     # DefaultTensorType (FLOAT).
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=list(exclude),
-                     nodes_to_quantize=list(only) if only is not None else None,
-                     extra_options={"DefaultTensorType": 1})
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_advice)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=list(exclude),
+                         nodes_to_quantize=list(only) if only is not None else None,
+                         extra_options={"DefaultTensorType": 1})
+    finally:
+        root.removeFilter(_no_preprocessing_advice)
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """Drop ONNX Runtime's "consider to run pre-processing" warning: its pre-processing (shape inference
+    and graph clean-up, `quant_pre_process`) gave the same agreement on our already fused graphs
+    (MiniLM P1: 97.0% of the parity texts with or without), so the advice would only mislead."""
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
