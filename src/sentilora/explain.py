@@ -120,7 +120,8 @@ def explain_texts(
             decided = predicted[n] if predicted is not None else label_names[int(logits.argmax())]
             change = float(logits[t] - base_logits[t])
             out.append(Explanation(
-                text=text, target=label_names[t], predicted=decided, method=method, steps=steps if method == "integrated_gradients" else 1, logit=float(logits[t]),
+                text=text, target=label_names[t], predicted=decided, method=method,
+                steps=steps if method == "integrated_gradients" else 1, logit=float(logits[t]),
                 baseline_logit=float(base_logits[t]), gap=sum(w.score for w in words if w.score is not None) - change,
                 words=words, windows=len(windows)))
         return out
