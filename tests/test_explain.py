@@ -104,5 +104,7 @@ def test_cli_shades_words_and_prints_json(trained_run):
     assert {"start", "end", "word", "score"} <= set(e["words"][0])
     result = CliRunner().invoke(app, ["explain", run, LONG, "--long-texts", "chunk", "--max-length", "16", "--steps", "2"])
     assert result.exit_code == 0 and "windows" in result.output and "not read" not in result.output, result.output
+    result = CliRunner().invoke(app, ["explain", run, TEXT, "--long-texts", "windows"])
+    assert result.exit_code == 2 and "--long-texts must be truncate or chunk" in result.output
     result = CliRunner().invoke(app, ["explain", run, TEXT, "--target", "meh"])
     assert result.exit_code == 2 and "not one of this model's labels" in result.output

@@ -21,6 +21,7 @@ from rich.console import Console
 from sentilora.config import PRESETS, Config, all_options, parse_overrides
 from sentilora.config import preset as preset_overrides
 from sentilora.errors import SentiloraError
+from sentilora.tokens import check_long_texts  # light: no torch
 from sentilora.guard import ServeSettings  # light: no torch, no FastAPI; the serve command's defaults
 
 app = typer.Typer(
@@ -301,8 +302,7 @@ def predict(
         raise SentiloraError("give either texts to classify or --input FILE (with --output FILE), not both or neither.")
     if input and not output:
         raise SentiloraError("--input needs --output FILE to write the scored rows to.")
-    if long_texts not in ("truncate", "chunk"):
-        raise SentiloraError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
+    check_long_texts(long_texts)
     if precision not in ("auto", "fp32", "bf16"):
         raise SentiloraError(f"--precision must be auto, fp32 or bf16; got '{precision}'.")
     if engine not in ("local", "ray"):

@@ -26,7 +26,7 @@ import torch
 
 from sentilora.batching import autocast
 from sentilora.errors import ConfigError
-from sentilora.tokens import kept_positions, special_tokens, window_positions
+from sentilora.tokens import check_long_texts, kept_positions, special_tokens, window_positions
 
 Method = Literal["integrated_gradients", "grad_x_input"]
 METHODS = ("integrated_gradients", "grad_x_input")
@@ -89,8 +89,7 @@ def explain_texts(
         raise ConfigError(f"--method {method}: choose integrated_gradients or grad_x_input.")
     if steps < 1:
         raise ConfigError("--steps must be at least 1.")
-    if long_texts not in ("truncate", "chunk"):
-        raise ConfigError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
+    check_long_texts(long_texts)
     if target is not None and target not in label_names:
         raise ConfigError(f"--target {target!r} is not one of this model's labels: {', '.join(label_names)}.")
     if not getattr(tokenizer, "is_fast", False):

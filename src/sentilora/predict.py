@@ -23,7 +23,7 @@ from sentilora.errors import BundleError, ConfigError
 from sentilora.explain import DEFAULT_STEPS, Explanation, Method, explain_texts
 from sentilora.files import check_new_folder, first_line, new_folder
 from sentilora.tables import check_texts
-from sentilora.tokens import chunk_windows, encode, position_limit, special_tokens
+from sentilora.tokens import check_long_texts, chunk_windows, encode, position_limit, special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,7 @@ class Classifier:
         progress: Progress = None,
     ) -> np.ndarray:
         """Raw logits (n_texts, n_labels). long_texts='chunk' averages the logits of overlapping windows."""
-        if long_texts not in ("truncate", "chunk"):
-            raise ConfigError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
+        check_long_texts(long_texts)
         k = len(self.label_names)
         run = dict(pad_id=self.pad_id, num_labels=k, max_batch=batch_size, max_tokens=max_tokens)
         if long_texts == "truncate":

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sentilora.errors import ModelLoadError
+from sentilora.errors import ConfigError, ModelLoadError
 
 
 def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation: str) -> list[list[int]]:
@@ -51,6 +51,12 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
         if full[k : k + len(bare)] == bare:
             return full[:k], full[k + len(bare) :]
     raise ModelLoadError("could not work out this tokenizer's special tokens; please report the model you used.")
+
+
+def check_long_texts(long_texts: str) -> None:
+    """Refuse a --long-texts value other than 'truncate' (the bundle's truncation) or 'chunk' (`window_positions`)."""
+    if long_texts not in ("truncate", "chunk"):
+        raise ConfigError(f"--long-texts must be truncate or chunk; got '{long_texts}'.")
 
 
 def chunk_windows(ids: Sequence[int], prefix: list[int], suffix: list[int], max_length: int) -> list[list[int]]:
