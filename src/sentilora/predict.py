@@ -63,8 +63,16 @@ class TorchBackend:
             return self.model(**batch).logits.float().cpu().numpy()
 
 
+UNPADDED_KEY = "sentilora.unpadded_attention"  # ONNX metadata: the graph's attention reads no padding mask
+
+
 class OnnxBackend:
-    """An ONNX Runtime session over an exported model (inputs input_ids, attention_mask)."""
+    """An ONNX Runtime session over an exported model (inputs input_ids, attention_mask).
+
+    A graph marked `UNPADDED_KEY` (export's flash attention, which takes no padding mask) is fed one
+    run of equal-length texts at a time, cut to their length, so no row ever holds padding. The
+    engine's batches are length-sorted, so such runs are contiguous and usually long.
+    """
 
     name = "onnx"
 
@@ -81,10 +89,19 @@ class OnnxBackend:
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
             raise BundleError(f"{path}: not a loadable ONNX model ({first_line(e)}). Re-run `sentilora export`.") from None
         self.inputs = {i.name for i in self.session.get_inputs()}
+        self.unpadded = UNPADDED_KEY in self.session.get_modelmeta().custom_metadata_map
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         feed = {k: v.numpy() for k, v in batch.items() if k in self.inputs}
-        return self.session.run(None, feed)[0].astype(np.float32)
+        if not self.unpadded:
+            return self.session.run(None, feed)[0].astype(np.float32)
+        lengths = feed["attention_mask"].sum(axis=1)
+        cuts = np.flatnonzero(np.diff(lengths)) + 1
+        parts = []
+        for rows in np.split(np.arange(len(lengths)), cuts):
+            n = int(lengths[rows[0]])
+            parts.append(self.session.run(None, {k: v[rows[0] : rows[-1] + 1, :n] for k, v in feed.items()})[0])
+        return np.concatenate(parts).astype(np.float32)
 
 
 def run_batches(

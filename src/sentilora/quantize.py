@@ -63,9 +63,10 @@ def quantize(src: Path, dst: Path, *, exclude: Sequence[str] = (), only: Sequenc
     # fp32 on MiniLM. Weights use 7 bits (reduce_range): CPUs without VNNI sum uint8 x int8 products
     # in saturating 16-bit pairs, which 7-bit weights cannot overflow, so the graph the gate checked
     # computes the same there; they also agreed better here (the gate passed with 4 MiniLM P1 nodes
-    # in fp32 instead of 6, and 12 instead of 16 on SST-2) at the same speed. The fused Attention op
-    # (com.microsoft domain) is quantised too; shape inference cannot type its outputs, hence
-    # DefaultTensorType (FLOAT).
+    # in fp32 instead of 6, and 12 instead of 16 on SST-2) at the same speed. Today's exports fuse
+    # attention into MultiHeadAttention, whose Q/K/V projections are plain MatMuls; a graph with the
+    # older fused Attention op has it quantised too. Shape inference cannot type the outputs of these
+    # com.microsoft ops, hence DefaultTensorType (FLOAT).
     root = logging.getLogger()
     root.addFilter(_no_preprocessing_advice)
     try:

@@ -150,13 +150,15 @@ def write_report(
     seed: int = 0,
     note: str | None = None,
     baseline: dict[str, Any] | None = None,
+    long_texts: str = "truncate",
 ) -> Path:
     """Write report.html (self-contained), its PNGs and report.json to out_dir; returns the HTML path.
 
     `logits` are the tuned model's raw logits for `texts`; `base_probs` the untuned base model's
     probabilities for the rows `base_rows` (None: no before/after section). `note` is shown under
     the title (e.g. where the calibration data came from). `baseline` is `evaluate_run`'s
-    result["baseline"] for the same rows (None: no baseline section).
+    result["baseline"] for the same rows (None: no baseline section). `long_texts` says how the
+    logits read long texts: "chunk" read every token (in windows), so nothing counts as truncated.
     """
     out, run_dir = Path(out_dir), Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +172,8 @@ def write_report(
     ci = bootstrap_ci(y, pred, n_classes=k, seed=seed)
     n_tok = token_counts(clf.tokenizer, texts)
     reads = clf.max_length  # what prediction read of each text (the bundle's prediction length unless overridden)
-    truncated = n_tok > reads
+    chunked = long_texts == "chunk"
+    truncated = n_tok > reads if not chunked else np.zeros(len(n_tok), dtype=bool)
     bucket, bucket_names = length_buckets(n_tok, reads)
     history, steps = _run_logs(run_dir)
     cal_info = _read_json(run_dir / CALIBRATION)
@@ -186,7 +189,9 @@ def write_report(
                           fig_scores(y, probs, names, man.threshold))
         figs["training"] = ("From the run's own history.json (per epoch) and train_log.jsonl (per step).",
                             fig_training(history, steps))
-        figs["length"] = ((f"{truncated.mean():.1%} of texts are longer than the {reads} tokens read and truncated "
+        figs["length"] = ((f"{(n_tok > reads).mean():.1%} of texts are longer than {reads} tokens: read whole, in "
+                           f"overlapping windows of {reads} tokens (--long-texts chunk)." if chunked else
+                           f"{truncated.mean():.1%} of texts are longer than the {reads} tokens read and truncated "
                            f"({man.truncation})."), fig_length(bucket, bucket_names, pred == y, reads))
     images = {}
     for name, (_, fig) in figs.items():
@@ -205,7 +210,7 @@ def write_report(
                 "tuned": compute_metrics(y[rows], probs[rows], n_classes=k, label_names=names, y_pred=pred[rows])}
     mistakes = confident_mistakes(y, probs, pred)
     trunc = truncation_errors(y, pred, truncated)
-    explained = _explain_mistakes(clf, texts, mistakes)
+    explained = _explain_mistakes(clf, texts, mistakes, long_texts)
 
     summary = {
         "run": str(run_dir), "data": data_origin, "n": len(y), "label_names": names, "note": note,
@@ -216,20 +221,22 @@ def write_report(
     }
     atomic_write_json(out / "report.json", summary)
     figures = {n: {"name": n, "caption": caption, "png": images.get(n)} for n, (caption, _) in figs.items()}
-    context = _context(summary, clf, texts, y, probs, pred, n_tok, base, mistakes, figures, explained)
+    context = _context(summary, clf, texts, y, probs, pred, n_tok, truncated, base, mistakes, figures, explained)
+    context["chunked"] = chunked
     context["baseline"] = None if baseline is None else _baseline(baseline, m, history, binary=k == 2)
     atomic_write_text(out / "report.html", _template().render(context))
     log.info("report written to %s", out / "report.html")
     return out / "report.html"
 
 
-def _explain_mistakes(clf: Classifier, texts: Sequence[str], rows: np.ndarray) -> list[list[dict[str, Any]]] | None:
+def _explain_mistakes(clf: Classifier, texts: Sequence[str], rows: np.ndarray,
+                      long_texts: str = "truncate") -> list[list[dict[str, Any]]] | None:
     """The mistakes' words shaded by what drove the wrong label (integrated gradients); None for an
     ONNX model, which has no gradients (the table then shows plain excerpts)."""
     if clf.model is None or not len(rows):
         return None
     t0 = time.perf_counter()
-    found = clf.explain([texts[i] for i in rows])
+    found = clf.explain([texts[i] for i in rows], long_texts=long_texts)  # type: ignore[arg-type]
     log.info("explained the %d most confident mistakes in %.1f s", len(rows), time.perf_counter() - t0)
     return [highlighted_excerpt(e.text, e.words) for e in found]
 
@@ -249,7 +256,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], *, cls: str, bold
 
 
 def _context(s: dict[str, Any], clf: Classifier, texts: Sequence[str], y: np.ndarray, probs: np.ndarray,
-             pred: np.ndarray, n_tok: np.ndarray, base: dict[str, Any] | None, mistakes: np.ndarray,
+             pred: np.ndarray, n_tok: np.ndarray, truncated: np.ndarray, base: dict[str, Any] | None, mistakes: np.ndarray,
              figures: dict[str, dict[str, Any]], explained: list[list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Everything report.html.j2 shows, numbers formatted: the template only lays it out."""
     man, names, m, ci, raw = clf.manifest, clf.label_names, s["metrics"], s["bootstrap_95ci"], s["raw_metrics"]
@@ -276,7 +283,7 @@ def _context(s: dict[str, Any], clf: Classifier, texts: Sequence[str], y: np.nda
     trow = [[t["group"], f"{t['rows']:,}", f"{t['errors']:,}", _f(t["error_rate"]), f"{t['share_of_errors']:.1%}"]
             for t in s["truncation"]]
     mrow = [[excerpt(texts[i]), names[y[i]], names[pred[i]], _f(probs[i, pred[i]], 3),
-             f"{n_tok[i]:,}" + (" ✂" if n_tok[i] > clf.max_length else "")] for i in mistakes]
+             f"{n_tok[i]:,}" + (" ✂" if truncated[i] else "")] for i in mistakes]
     return {
         "run_name": Path(s["run"]).name, "run": s["run"], "base_model": man.base_model, "data": s["data"],
         "n": f"{s['n']:,}", "labels": names, "positive": names[-1], "binary": binary,
