@@ -96,8 +96,9 @@ def test_int8_records_what_it_kept_in_fp32(run_dir, tmp_path, caplog):
     assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights)  # 7-bit: 2 x 255 x 64 fits a saturating 16-bit sum
 
 
-def test_int8_search_keeps_the_most_sensitive_nodes_in_fp32(run_dir, tmp_path, monkeypatch):
-    """When plain int8 misses the gate, the most sensitive nodes stay fp32 until it passes."""
+def test_int8_search_keeps_sensitive_nodes_in_fp32_cheapest_first(run_dir, tmp_path, monkeypatch):
+    """When plain int8 misses the gate, sensitive nodes stay fp32: the sets are tried fewest fp32 weights
+    first, so the first that passes is the fastest found."""
     from sentilora import quantize as Q
 
     kept: list[list[str]] = []
@@ -113,11 +114,27 @@ def test_int8_search_keeps_the_most_sensitive_nodes_in_fp32(run_dir, tmp_path, m
     monkeypatch.setattr(Q, "agreement", lambda ref, cand: 1.0 if len(kept[-1]) >= 3 else 0.9)
     export_onnx(run_dir, tmp_path / "int8", quantize="int8", texts=TEXTS * 5)
     info = json.loads((tmp_path / "int8" / "sentilora.json").read_text())["export"]["int8"]
-    assert [len(k) for k in kept] == [0, 1, 2, 3]  # plain, then 1, 2, 3 nodes left in fp32
-    assert info["fp32_nodes"] == kept[-1] and len(info["sensitivity"]) >= 3
-    ranked = list(info["sensitivity"])  # most sensitive first
-    assert info["fp32_nodes"] == ranked[:3]
+    shares = [c["fp32_weight_share"] for c in info["search"]]
+    assert kept[0] == [] and shares[0] == 0 and shares == sorted(shares)  # plain first, then cheapest first
+    assert len(kept[-1]) == 3 and all(len(k) < 3 for k in kept[:-1])  # stopped at the first set that passed
+    assert info["fp32_nodes"] == kept[-1] and info["fp32_weight_share"] == shares[-1] > 0
+    sens = info["sensitivity"]
+    by_sensitivity = sorted(sens, key=lambda n: -sens[n])
+    assert info["fp32_nodes"] == sorted(info["fp32_nodes"], key=lambda n: -sens[n])  # listed most sensitive first
+    assert set(by_sensitivity[:1]) in [set(k) for k in kept]  # the single most sensitive node was tried
     assert "training texts" in info["calibration"] or "bundled" in info["calibration"]
+
+
+def test_exclusion_sets_put_cheap_sensitive_nodes_first():
+    from sentilora.quantize import exclusion_sets
+
+    sensitivity = {"ffn": 0.010, "value": 0.004, "key": 0.001, "out": 0.0005}
+    weights = {"ffn": 4, "value": 1, "key": 1, "out": 1}
+    sets = exclusion_sets(sensitivity, weights)
+    assert sets[0] == ["value"]  # most sensitive per weight: cheaper than the most sensitive node
+    assert ["ffn"] in sets and ["ffn", "value"] in sets  # the plain ranking's sets are there too
+    costs = [sum(weights[n] for n in s) for s in sets]
+    assert costs == sorted(costs) and len(sets) == len({frozenset(s) for s in sets})
 
 
 def test_int8_that_cannot_pass_says_what_it_reached(run_dir, tmp_path, monkeypatch):

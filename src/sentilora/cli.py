@@ -433,9 +433,9 @@ def export(
     Classifier.load(OUT_DIR) use it directly. The export is compared with the PyTorch model on 200
     fixed texts (decision agreement, largest probability difference: printed and stored in parity.json,
     with the agreement on 200 held-apart texts too) and fails, writing nothing, below --min-agreement.
-    With --quantize int8, when plain int8 misses the gate, the nodes whose quantisation moves the
-    outputs most (measured on the run's own training texts) are kept in fp32, a few more at a time,
-    until it passes; the nodes kept are listed in the manifest and in the output.
+    With --quantize int8, when plain int8 misses the gate, nodes whose quantisation moves the outputs
+    most (measured on the run's own training texts) are kept in fp32, trying the sets with the fewest
+    fp32 weights first, until one passes; the nodes kept are listed in the manifest and in the output.
     """
     from sentilora.export import export_onnx
 

@@ -155,7 +155,8 @@ def _int8(reference: Classifier, fp32: Path, out: Path, *, run_dir: Path, texts:
                       reference_parity=np.array(reference.decide(p_ref)), parity_texts=texts,
                       calibration_texts=calib, min_agreement=min_agreement)
     ranked = sorted(result.sensitivity.items(), key=lambda kv: -kv[1])
-    return {"fp32_nodes": result.excluded, "search": result.candidates, "calibration": f"{len(calib)} of {origin}",
+    return {"fp32_nodes": result.excluded, "fp32_weight_share": round(result.fp32_weight_share, 4),
+            "search": result.candidates, "calibration": f"{len(calib)} of {origin}",
             "sensitivity": {k: round(v, 6) for k, v in ranked}, "agreement": result.agreement, "passed": result.passed}
 
 
@@ -227,8 +228,8 @@ def export_onnx(
     log.info("parity: %.2f%% label agreement (held-apart texts: %.2f%%), max probability difference %.2g",
              100 * check["label_agreement"], 100 * check["heldout"]["label_agreement"], check["max_prob_diff"])
     if int8 and int8["fp32_nodes"]:
-        log.info("int8: %d nodes kept in fp32 to meet the gate (most sensitive on %s): %s", len(int8["fp32_nodes"]),
-                 int8["calibration"], ", ".join(int8["fp32_nodes"]))
+        log.info("int8: %d nodes (%.0f%% of the weights) kept in fp32 to meet the gate (sensitive on %s): %s",
+                 len(int8["fp32_nodes"]), 100 * int8["fp32_weight_share"], int8["calibration"], ", ".join(int8["fp32_nodes"]))
     return check
 
 
