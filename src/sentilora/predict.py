@@ -95,7 +95,7 @@ class OnnxBackend:
         feed = {k: v.numpy() for k, v in batch.items() if k in self.inputs}
         if not self.unpadded:
             return self.session.run(None, feed)[0].astype(np.float32)
-        lengths = feed["attention_mask"].sum(axis=1)
+        lengths = batch["attention_mask"].sum(dim=1).numpy()  # from the batch: the graph may not read the mask
         cuts = np.flatnonzero(np.diff(lengths)) + 1
         parts = []
         for rows in np.split(np.arange(len(lengths)), cuts):
