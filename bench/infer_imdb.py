@@ -89,14 +89,15 @@ def ensure_models() -> None:
         sh(EXE, "merge", str(RUN), str(MERGED))
     for name, folder in ONNX.items():
         manifest = folder / "sentilora.json"
-        if manifest.is_file() and "fused_operators" not in json.loads(manifest.read_text()).get("export", {}):
-            subprocess.run(["rm", "-rf", str(folder)], check=True)  # made before exports were fused: redo
-        if manifest.is_file() and name.endswith("int8") and "fp32_weight_share" not in json.loads(manifest.read_text())["export"].get("int8", {}):
-            subprocess.run(["rm", "-rf", str(folder)], check=True)  # made before the (cost-aware) accuracy-aware search: redo
-        if manifest.is_file() and "MultiHeadAttention" not in json.loads(manifest.read_text())["export"]["fused_operators"]:
+        export = json.loads(manifest.read_text()).get("export", {}) if manifest.is_file() else None
+        fused = (export or {}).get("fused_operators", {})
+        # redo an export made before exports were fused, before flash attention (MultiHeadAttention),
+        # or, for int8, before the cost-aware accuracy-aware search
+        if export is not None and ("MultiHeadAttention" not in fused
+                                   or (name.endswith("int8") and "fp32_weight_share" not in export.get("int8", {}))):
             old = ENGINE["onnx-fp32-attention-op"][0]
-            if name == "onnx-fp32" and not old.exists():  # made before flash attention: keep it to compare, then redo
-                old.parent.mkdir(parents=True, exist_ok=True)
+            if name == "onnx-fp32" and fused and "MultiHeadAttention" not in fused and not old.exists():
+                old.parent.mkdir(parents=True, exist_ok=True)  # the fused Attention-op export: keep it to compare
                 folder.rename(old)
             subprocess.run(["rm", "-rf", str(folder)], check=True)
         if not manifest.is_file():

@@ -317,6 +317,7 @@ def bench_p1(args: argparse.Namespace) -> Path:
         row = _row("p1", key, name, row_overrides(key), {}, force=args.force and key in wanted, cached_only=key not in wanted,
                    shown=overrides)
         if row is not None:
+            row.pop("run_dir")  # where the model lies: for P2/P3's reading choice, not a column of the table
             rows.append(row)
         if key == "default" and key in wanted and not args.no_reference_timing:
             ref_epoch = reference_epoch("p1")  # right after the default row: side by side

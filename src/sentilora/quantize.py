@@ -17,6 +17,7 @@ ONNX Runtime's `quantize_dynamic(nodes_to_exclude=...)` does the quantising.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +49,6 @@ class Int8Result:
 def name_nodes(src: Path, dst: Path) -> dict[str, int]:
     """Give every node a unique name (the quantiser selects nodes by name); the quantisable ones, in
     order, with the number of weights each multiplies by (at least 1): its cost if left in fp32."""
-    import math
-
     import onnx
 
     model = onnx.load(str(src))
