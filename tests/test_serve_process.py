@@ -147,9 +147,10 @@ def refuses_connections(url: str) -> bool:
         httpx.get(url + "/healthz", timeout=2)
     except httpx.ConnectError:
         return True
-    except httpx.RemoteProtocolError:
-        # accepted in the instant before the listener closed, then dropped unanswered by uvicorn's
-        # shutdown (seen once in CI): not yet refusing; the next poll sees the closed port
+    except httpx.TransportError:
+        # accepted in the instant before the listener closed, then dropped by uvicorn's shutdown
+        # (seen as RemoteProtocolError and as ReadError, connection reset): not yet refusing; the
+        # next poll sees the closed port
         return False
     return False
 
