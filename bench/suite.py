@@ -25,6 +25,8 @@ result: for peers their own settings, so they are not re-run when sentilora chan
 its fully resolved Config, so a change of its defaults re-runs its cells (--force SYSTEM re-runs).
 Result files: bench/results/suite-<dataset>.json (rows: one per size x system, mean / sd over
 seeds with the per-seed values; targets of the issue), built from every current cell in the cache.
+A fresh checkout has no cache: the cells recorded in the result files are put back first (those
+whose key still matches), so committed results are neither re-run nor lost.
 
 COST on 2 CPU cores (estimates from sentilora's P2 step time, 0.46 s per 16 reviews, and smoke cells
 run on a busy machine; not measured on an idle one yet): tfidf seconds per cell; embed_lr under a
@@ -191,6 +193,33 @@ def ensure_cell(inp: dict[str, Any], work: Path, *, force: bool, fresh: set[str]
           f"train {r['train_s']:.1f} s, peak {r['peak_rss_mb']} MB, eval n {r['eval_n']} "
           f"(cell {time.perf_counter() - t0:.0f} s)", flush=True)
     return r
+
+
+def restore_cells(dataset: str, work: Path) -> int:
+    """Put back into the cache the cells recorded in bench/results/suite-<dataset>.json whose key still
+    matches today's settings, so a fresh checkout (bench/work/ is not committed) neither re-runs them
+    nor drops them from the results file when it rewrites it. Returns how many were restored."""
+    path = RESULTS_DIR / f"{BENCH}-{dataset}.json"
+    if not path.exists():
+        return 0
+    restored = 0
+    for row in json.loads(path.read_text())["rows"]:
+        size = "full" if row["size"] == "full" else str(row["n_per_class"])
+        variant, system = row.get("variant"), row["system"]
+        for p in row["per_seed"]:
+            inp = {"dataset": dataset, "size": size, "seed": p["seed"], "system": system,
+                   "eval_n": eval_n_for(dataset, size, p["eval_n"]),
+                   "overrides": json.loads(variant) if system == "sentilora" and variant else None,
+                   "max_minutes": row.get("max_minutes"),
+                   "setfit_iterations": int(variant.split()[-1]) if system == "setfit" and variant else None}
+            cell_file, spec = work / "cells" / f"{p['key']}.json", make_spec(inp, work)
+            if cell_file.exists() or cell_key(spec) != p["key"]:
+                continue
+            cell_file.parent.mkdir(parents=True, exist_ok=True)
+            result = {k: v for k, v in p.items() if k not in ("seed", "key")}
+            cell_file.write_text(json.dumps({"key": p["key"], **spec, "result": result}, indent=2, default=str))
+            restored += 1
+    return restored
 
 
 def current_cells(dataset: str, work: Path) -> list[dict[str, Any]]:
@@ -418,6 +447,8 @@ def main() -> None:
     started = utc_now()
     failed, fresh = 0, set()
     for dataset in args.datasets:
+        if smoke_dir is None and (n := restore_cells(dataset, work)):
+            print(f"{dataset}: {n} cells restored to the cache from {RESULTS_DIR.name}/{BENCH}-{dataset}.json", flush=True)
         if not args.render:
             for inp in (c for c in requested(args) if c["dataset"] == dataset):
                 r = ensure_cell(inp, work, force=inp["system"] in args.force, fresh=fresh)

@@ -2,10 +2,12 @@
 
     git worktree add /tmp/before 8a15bd9          # the commit before the training-speed issue
     python bench/train_speed.py --before /tmp/before/src --seeds 0,1,2
+    git worktree add /tmp/previous 60c2b46        # optional third arm: the code before a later change
+    python bench/train_speed.py --before /tmp/before/src --previous /tmp/previous/src --previous-commit 60c2b46
 
 For each seed, alternating, it trains and evaluates P1 (MiniLM, 1,000 IMDB reviews, 1,000 test
-reviews, each code's own default recipe) once with the code in `--before` and once with the current
-code, each in its own process on the same idle machine. Rows record accuracy, training seconds,
+reviews, each code's own default recipe) once with the code in `--before`, once with the code in
+`--previous` if given, and once with the current code, each in its own process on the same idle machine. Rows record accuracy, training seconds,
 samples/s, achieved GFLOP/s (2 x 23 MFLOP per token: a forward pass, and a backward pass that needs
 only the input gradients of the frozen weights) against the machine's bf16 peak, and peak RSS.
 Each finished run is cached in bench/work/train_speed/ by (code, seed). Results:
@@ -107,6 +109,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", required=True, help="src/ folder of a checkout of the commit before the speed work")
     ap.add_argument("--before-commit", default="8a15bd9")
+    ap.add_argument("--previous", help="src/ folder of a third checkout to run alternating with the two (e.g. the commit "
+                    "before a change made after the speed work); its rows are reported, the targets stay now / before")
+    ap.add_argument("--previous-commit")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--quickstart", action="store_true", help="instead: the README quickstart, before and now")
@@ -127,6 +132,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for seed in seeds:  # alternating, so drift of the machine hits both alike
         rows.append(run("before", args.before, seed, args.force))
+        if args.previous:
+            rows.append(run(f"previous-{args.previous_commit}", args.previous, seed, args.force))
         rows.append(run("now", None, seed, args.force))
     tokens = mean_tokens()
     before = summary([r for r in rows if r["code"] == "before"], tokens)
@@ -147,9 +154,18 @@ def main() -> None:
     ]
     note = {"before_commit": args.before_commit, "mean_tokens_per_text": round(tokens, 1),
             "note": "each code's own default recipe; 'now' trains without dropout (encoder and LoRA), with eager "
-                    "attention on a CPU, and holds the frozen Linear weights in bf16 (the same bits autocast casts to)"}
+                    "attention on a CPU, holds the frozen Linear weights in bf16 (the same bits autocast casts to) "
+                    "and pads training batches to a few bucket widths (steady memory)"}
+    means = [{"system": "before (mean)", **before}]
+    if args.previous:
+        code = f"previous-{args.previous_commit}"
+        previous = summary([r for r in rows if r["code"] == code], tokens)
+        means.append({"system": f"{code} (mean)", **previous})
+        targets.append({"name": f"training samples/s, now / {code} (report)",
+                        "value": round(now["samples_per_s_mean"] / previous["samples_per_s_mean"], 2), "goal": "report",
+                        "pass": None})
     write_results("train_speed", "p1", rows=[{"system": f"{r['code']} seed {r['seed']}", **r} for r in rows]
-                  + [{"system": "before (mean)", **before}, {"system": "now (mean)", **now, **note}],
+                  + means + [{"system": "now (mean)", **now, **note}],
                   targets=targets, started=started, command=" ".join(sys.argv))
 
 

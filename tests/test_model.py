@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sentilora import model as M
-from sentilora.batching import collate
+from sentilora.batching import bucket_width, collate
 from sentilora.tokens import encode
 from sentilora.errors import ModelLoadError
 
@@ -59,6 +59,31 @@ def test_collate_pads_dynamically():
     batch = collate([[5, 6, 7], [8]], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_training_batches_pad_to_few_widths():
+    """Training pads long batches to a few widths (steady memory), never below the longest text,
+    short ones not at all, and the padding is masked out."""
+    widths = {bucket_width(w) for w in range(65, 513)}
+    assert all(bucket_width(w) >= w for w in range(1, 513))
+    assert widths == set(range(96, 513, 32))
+    assert bucket_width(20) == 20 and bucket_width(200) == 224 and bucket_width(256) == 256
+    batch = collate([[5] * 70, [8]], pad_id=0, bucket=True)
+    assert batch["input_ids"].shape == (2, 96)
+    assert batch["attention_mask"].sum(1).tolist() == [70, 1]
+
+
+@pytest.mark.parametrize("arch, pooling", [("bert", "mean"), ("bert", "cls"), ("distilbert", "cls")])
+def test_bucket_padding_leaves_the_logits_unchanged(tiny_models, arch, pooling):
+    torch.manual_seed(0)
+    model, _ = M.load_base_model(str(tiny_models[arch]), ["a", "b"], pooling=pooling)
+    model.eval()
+    v = model.config.vocab_size
+    ids = [[1] + [3 + i % (v - 3) for i in range(n)] + [2] for n in (80, 11)]
+    with torch.no_grad():
+        tight, bucketed = (model(**collate(ids, pad_id=0, bucket=b)).logits for b in (False, True))
+    assert collate(ids, pad_id=0, bucket=True)["input_ids"].shape[1] > len(ids[0])
+    torch.testing.assert_close(bucketed, tight, atol=1e-5, rtol=0)
 
 
 def test_fingerprint_tells_base_models_apart(tiny_models):

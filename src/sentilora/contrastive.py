@@ -103,7 +103,7 @@ def contrastive_stage(
         for step in range(steps):
             pairs = draw_pairs(labels, pairs_per_step, rng)
             order = [i for i, _, _ in pairs] + [j for _, j, _ in pairs]
-            batch = {k: v.to(device) for k, v in collate([ids[i] for i in order], pad_id).items()}
+            batch = {k: v.to(device) for k, v in collate([ids[i] for i in order], pad_id, bucket=True).items()}
             target = torch.tensor([t for _, _, t in pairs], device=device)
             with head_inputs(model) as seen, autocast(device, dtype):
                 model(**batch)

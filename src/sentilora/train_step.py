@@ -36,7 +36,7 @@ def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, s
     for idx in map(dd.mine, group):
         if not idx:
             continue
-        batch = {k: v.to(device) for k, v in collate([ids[i] for i in idx], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate([ids[i] for i in idx], pad_id, bucket=True).items()}
         y = torch.tensor([labels[i] for i in idx], device=device)
         with autocast(device, dtype):
             if prefix is not None and hidden is not None:
