@@ -55,10 +55,10 @@ def child(variant: str, steps: int) -> dict:
     optim = torch.optim.AdamW(params, lr=cfg.train.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda _: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    if variant != "bucket":  # optim_step pads with collate(..., bucket=True); re-route its padding
+    if variant != "bucket":  # optim_step pads with collate(..., bucket_limit=...); re-route its padding
         multiple = int(variant) if variant.isdigit() else None
 
-        def collate(batch, pad_id, *, bucket=False):
+        def collate(batch, pad_id, *, bucket_limit=None):
             out = B.collate(batch, pad_id)  # to the longest text
             extra = -out["input_ids"].shape[1] % multiple if multiple else 0
             return {k: torch.nn.functional.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0) for k, v in out.items()}
@@ -77,7 +77,7 @@ def child(variant: str, steps: int) -> dict:
     t0, seen, marks = time.perf_counter(), [], {}
     for k, batch in enumerate(batches[:steps], 1):
         S.optim_step(s.model, [batch], ids, y, pad_id, s.device, s.dtype, optim, sched, scaler, params,
-                     cfg.train.max_grad_norm)
+                     cfg.train.max_grad_norm, bucket_limit=s.positions)
         seen.append(rss_mb())
         if k in MARKS:
             marks[k] = round(seen[-1])

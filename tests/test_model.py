@@ -68,9 +68,11 @@ def test_training_batches_pad_to_few_widths():
     assert all(bucket_width(w) >= w for w in range(1, 513))
     assert widths == set(range(96, 513, 32))
     assert bucket_width(20) == 20 and bucket_width(200) == 224 and bucket_width(256) == 256
-    batch = collate([[5] * 70, [8]], pad_id=0, bucket=True)
+    batch = collate([[5] * 70, [8]], pad_id=0, bucket_limit=512)
     assert batch["input_ids"].shape == (2, 96)
     assert batch["attention_mask"].sum(1).tolist() == [70, 1]
+    # never past what the model takes: a 100-position model gets 99 tokens padded to 100, not 128
+    assert collate([[5] * 99], pad_id=0, bucket_limit=100)["input_ids"].shape == (1, 100)
 
 
 @pytest.mark.parametrize("arch, pooling", [("bert", "mean"), ("bert", "cls"), ("distilbert", "cls")])
@@ -81,8 +83,8 @@ def test_bucket_padding_leaves_the_logits_unchanged(tiny_models, arch, pooling):
     v = model.config.vocab_size
     ids = [[1] + [3 + i % (v - 3) for i in range(n)] + [2] for n in (80, 11)]
     with torch.no_grad():
-        tight, bucketed = (model(**collate(ids, pad_id=0, bucket=b)).logits for b in (False, True))
-    assert collate(ids, pad_id=0, bucket=True)["input_ids"].shape[1] > len(ids[0])
+        tight, bucketed = (model(**collate(ids, pad_id=0, bucket_limit=b)).logits for b in (None, 128))
+    assert collate(ids, pad_id=0, bucket_limit=128)["input_ids"].shape[1] > len(ids[0])
     torch.testing.assert_close(bucketed, tight, atol=1e-5, rtol=0)
 
 

@@ -85,9 +85,11 @@ def contrastive_stage(
     seed: int,
     max_grad_norm: float = 1.0,
     on_step: Callable[[int, float], None] | None = None,
+    bucket_limit: int | None = None,
 ) -> float:
     """Train `model`'s trainable weights for `steps` steps on text pairs; returns the last 10 steps'
-    mean loss. Its own AdamW and linear warm-up (10%) and decay, so the main schedule is untouched."""
+    mean loss. Its own AdamW and linear warm-up (10%) and decay, so the main schedule is untouched.
+    `bucket_limit` pads batches as training does (`batching.collate`)."""
     if len(set(labels)) < 2:
         raise ConfigError("--train.contrastive_steps needs at least two classes in the training data.")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,7 +105,7 @@ def contrastive_stage(
         for step in range(steps):
             pairs = draw_pairs(labels, pairs_per_step, rng)
             order = [i for i, _, _ in pairs] + [j for _, j, _ in pairs]
-            batch = {k: v.to(device) for k, v in collate([ids[i] for i in order], pad_id, bucket=True).items()}
+            batch = {k: v.to(device) for k, v in collate([ids[i] for i in order], pad_id, bucket_limit=bucket_limit).items()}
             target = torch.tensor([t for _, _, t in pairs], device=device)
             with head_inputs(model) as seen, autocast(device, dtype):
                 model(**batch)

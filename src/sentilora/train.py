@@ -329,7 +329,8 @@ class Trainer:
         with Progress(self.contrastive_steps, "pairs", unit="steps", enabled=self.show, loss="-") as bar:
             contrastive_stage(s.model, self.train_ids, self.train_y, steps=self.contrastive_steps,
                               pairs_per_step=t.batch_size, lr=t.lr, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
-                              seed=t.seed, max_grad_norm=t.max_grad_norm, on_step=lambda _, loss: bar.advance(1, loss=loss))
+                              seed=t.seed, max_grad_norm=t.max_grad_norm, on_step=lambda _, loss: bar.advance(1, loss=loss),
+                              bucket_limit=s.positions)
         H.prototype_head(s.model, self.train_ids, self.train_y, pad_id=self.pad_id, device=s.device, dtype=s.dtype, seed=t.seed)
         dd.broadcast_tensors(self.params)  # every process starts the main stage from rank 0's weights
 
@@ -339,7 +340,7 @@ class Trainer:
         s, t, state, dd = self.s, self.t, self.state, self.dd
         loss = S.optim_step(s.model, group, self.train_ids, self.train_y, self.pad_id, s.device, s.dtype, self.optim,
                             self.sched, self.scaler, self.params, t.max_grad_norm, prefix=s.prefix,
-                            hidden=self.cache.get("train"), dd=dd)
+                            hidden=self.cache.get("train"), dd=dd, bucket_limit=s.positions)
         state.step += 1
         if dd.is_main:
             with open(self.out_dir / C.TRAIN_LOG, "a") as f:

@@ -22,8 +22,10 @@ from sentilora.prefix import FrozenPrefix
 
 def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, scaler, params, max_norm,
                 prefix: FrozenPrefix | None = None, hidden: list[torch.Tensor] | None = None,
-                dd: D.Dist = D.SINGLE) -> float:
+                dd: D.Dist = D.SINGLE, bucket_limit: int | None = None) -> float:
     """One optimiser step over `group` (grad_accum global batches); returns the step's mean loss.
+    With `bucket_limit` (the model's position limit) batches are padded to bucket widths
+    (`batching.bucket_width`: steady memory from step to step).
 
     With several processes each takes rows rank, rank + N, ... of every batch. Batches are cut from
     a length-sorted order, so the shares are of near-equal length and no process waits long for the
@@ -36,7 +38,7 @@ def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, s
     for idx in map(dd.mine, group):
         if not idx:
             continue
-        batch = {k: v.to(device) for k, v in collate([ids[i] for i in idx], pad_id, bucket=True).items()}
+        batch = {k: v.to(device) for k, v in collate([ids[i] for i in idx], pad_id, bucket_limit=bucket_limit).items()}
         y = torch.tensor([labels[i] for i in idx], device=device)
         with autocast(device, dtype):
             if prefix is not None and hidden is not None:
