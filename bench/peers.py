@@ -253,7 +253,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     row.update(r.extra)  # sentilora and the seed recipe score themselves
     shutil.rmtree(run_dir, ignore_errors=True)  # bundles and checkpoints: the figures are what is kept
     row.update({"train_n": len(x), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                "started": started, "code_version": job["code_version"], "nice": os.nice(0),
+                "started": started, "code_version": job["code_version"], "cpu": job.get("cpu"), "nice": os.nice(0),
                 "loadavg_1m_at_start": round(load, 2)})
     return row
 

@@ -54,7 +54,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BINARY_NAMES, P3_CLASS_NAMES, REPO_ROOT, RESULTS_DIR, SST2_CLASS_NAMES, SST5_CLASS_NAMES, SUITE_DATASETS, WORK_DIR,
-    code_version, config_for_key, model_path, render_readme, utc_now, write_results,
+    code_version, config_for_key, machine_info, model_path, render_readme, utc_now, write_results,
 )
 
 BENCH = "suite"
@@ -167,7 +167,7 @@ def ensure_cell(inp: dict[str, Any], work: Path, *, force: bool, fresh: set[str]
     cell_file.unlink(missing_ok=True)  # --force: a failed re-run must not leave the old figures looking fresh
     job = {"key": key, "spec": spec, "eval_seed": EVAL_SEED, "work": str(work), "cell_file": str(cell_file),
            "run_dir": str(work / "runs" / key),
-           "code_version": _code_version(), "model_dir": model_path("minilm"),
+           "code_version": _code_version(), "cpu": machine_info()["cpu"], "model_dir": model_path("minilm"),
            "embed_tag": cell_key({"embed": peers.EMBED_SETTINGS})[:8],
            "sentilora_overrides": sentilora_overrides(inp, work) if inp["system"] == "sentilora" else None}
     job_file, log = cell_file.with_suffix(".job.json"), cell_file.with_suffix(".log")
