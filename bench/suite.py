@@ -137,6 +137,11 @@ def _code_version() -> str:
     return code_version()
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu() -> str:
+    return machine_info()["cpu"]
+
+
 def setfit_python() -> str:
     """The interpreter that has setfit: this one, else bench/work/setfit-venv's."""
     import importlib.util
@@ -167,7 +172,7 @@ def ensure_cell(inp: dict[str, Any], work: Path, *, force: bool, fresh: set[str]
     cell_file.unlink(missing_ok=True)  # --force: a failed re-run must not leave the old figures looking fresh
     job = {"key": key, "spec": spec, "eval_seed": EVAL_SEED, "work": str(work), "cell_file": str(cell_file),
            "run_dir": str(work / "runs" / key),
-           "code_version": _code_version(), "cpu": machine_info()["cpu"], "model_dir": model_path("minilm"),
+           "code_version": _code_version(), "cpu": _cpu(), "model_dir": model_path("minilm"),
            "embed_tag": cell_key({"embed": peers.EMBED_SETTINGS})[:8],
            "sentilora_overrides": sentilora_overrides(inp, work) if inp["system"] == "sentilora" else None}
     job_file, log = cell_file.with_suffix(".job.json"), cell_file.with_suffix(".log")
@@ -212,8 +217,11 @@ def restore_cells(dataset: str, work: Path) -> int:
                    "overrides": json.loads(variant) if system == "sentilora" and variant else None,
                    "max_minutes": row.get("max_minutes"),
                    "setfit_iterations": int(variant.split()[-1]) if system == "setfit" and variant else None}
-            cell_file, spec = work / "cells" / f"{p['key']}.json", make_spec(inp, work)
-            if cell_file.exists() or cell_key(spec) != p["key"]:
+            cell_file = work / "cells" / f"{p['key']}.json"
+            if cell_file.exists():
+                continue
+            spec = make_spec(inp, work)
+            if cell_key(spec) != p["key"]:
                 continue
             cell_file.parent.mkdir(parents=True, exist_ok=True)
             result = {k: v for k, v in p.items() if k not in ("seed", "key")}

@@ -130,10 +130,11 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     started = utc_now()
     rows: list[dict[str, Any]] = []
+    previous_code = f"previous-{args.previous_commit}"
     for seed in seeds:  # alternating, so drift of the machine hits both alike
         rows.append(run("before", args.before, seed, args.force))
         if args.previous:
-            rows.append(run(f"previous-{args.previous_commit}", args.previous, seed, args.force))
+            rows.append(run(previous_code, args.previous, seed, args.force))
         rows.append(run("now", None, seed, args.force))
     tokens = mean_tokens()
     before = summary([r for r in rows if r["code"] == "before"], tokens)
@@ -158,10 +159,9 @@ def main() -> None:
                     "and pads training batches to a few bucket widths (steady memory)"}
     means = [{"system": "before (mean)", **before}]
     if args.previous:
-        code = f"previous-{args.previous_commit}"
-        previous = summary([r for r in rows if r["code"] == code], tokens)
-        means.append({"system": f"{code} (mean)", **previous})
-        targets.append({"name": f"training samples/s, now / {code} (report)",
+        previous = summary([r for r in rows if r["code"] == previous_code], tokens)
+        means.append({"system": f"{previous_code} (mean)", **previous})
+        targets.append({"name": f"training samples/s, now / {previous_code} (report)",
                         "value": round(now["samples_per_s_mean"] / previous["samples_per_s_mean"], 2), "goal": "report",
                         "pass": None})
     write_results("train_speed", "p1", rows=[{"system": f"{r['code']} seed {r['seed']}", **r} for r in rows]
