@@ -415,19 +415,23 @@ def balanced_sample(df: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame
 def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None) -> dict[str, Any]:
     """`resolved` (Config.to_dict()) as a cache key: --train.contrastive_steps (added after most cells
     were cached) as the trainer will decide it for this data, and left out when that is 0, so a cell
-    the stage does not touch keeps the key it had before the option existed.
+    the stage does not touch keeps the key it had before the option existed. A cell with the stage
+    also records which recipe follows it (2: the logistic head and no step floor, since 2026-12-06).
 
     The trainer's rule (sentilora.contrastive.auto_steps) reads token lengths; here the data set
     stands for them: SST sentences (median ~25 tokens) are short, IMDB reviews (~230) are not.
     """
-    from sentilora.contrastive import AUTO_BELOW, AUTO_STEPS
+    from sentilora.contrastive import auto_steps
 
     out = {section: dict(values) for section, values in resolved.items()}
     steps = out["train"].get("contrastive_steps")
-    if steps is None:
-        short = dataset in ("sst2", "sst5")
-        steps = AUTO_STEPS if short and per_class is not None and per_class < AUTO_BELOW else 0
-    out["train"]["contrastive_steps"] = steps
-    if steps == 0:
+    if steps is None and per_class is not None:
+        classes = {"sst2": 2, "sst5": 5, "p3": 4}.get(dataset, 2)
+        length = 25 if dataset in ("sst2", "sst5") else 230
+        steps = auto_steps([length] * per_class * classes, list(range(classes)) * per_class, out["train"]["batch_size"])
+    out["train"]["contrastive_steps"] = steps or 0
+    if not steps:
         del out["train"]["contrastive_steps"]
+    else:
+        out["train"]["after_contrastive"] = 2
     return out

@@ -10,7 +10,7 @@ import torch
 from conftest import make_rows, tiny_config
 
 from sentilora import model as M
-from sentilora.contrastive import AUTO_STEPS, auto_steps, contrastive_stage, draw_pairs
+from sentilora.contrastive import AUTO_MIN_STEPS, auto_steps, contrastive_stage, draw_pairs
 from sentilora.heads import head_inputs
 from sentilora.errors import ConfigError
 from sentilora.evaluate import evaluate_run
@@ -73,22 +73,33 @@ def test_one_class_is_refused(tiny_models):
 
 def test_a_run_with_the_stage_trains_logs_it_and_reloads(tiny_models, dataset, tmp_path, caplog):
     train_csv, test_csv = dataset()
-    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.contrastive_steps": 12, "model.pooling": "mean"})
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.contrastive_steps": 12, "model.pooling": "mean",
+                                                                  "train.min_steps": 200, "train.epochs": 2})
     with caplog.at_level(logging.INFO):
         result = train(cfg, tmp_path / "run", progress=False)
     assert "contrastive stage: 12 steps of 8 pairs" in caplog.text
-    assert "head started from the class means" in caplog.text
-    # The stage's steps are not optimiser steps of the main schedule.
-    assert result.steps == len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines())
+    assert "head started as a logistic regression" in caplog.text
+    # The stage's steps are not optimiser steps of the main schedule, and the step floor is not applied
+    # after it: 2 epochs of 36 texts in batches of 8.
+    assert result.steps == len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 10
     assert evaluate_run(tmp_path / "run", baseline=False)["metrics"]["n"] == 24  # the bundle loads and scores
 
 
+def test_head_init_prototypes_keeps_class_means_after_the_stage(tiny_models, dataset, tmp_path, caplog):
+    train_csv, test_csv = dataset()
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.contrastive_steps": 4, "model.pooling": "mean",
+                                                                  "model.head_init": "prototypes", "train.epochs": 1})
+    with caplog.at_level(logging.INFO):
+        train(cfg, tmp_path / "run", progress=False)
+    assert "head started from the class means" in caplog.text and "logistic" not in caplog.text
+
+
 def test_unset_runs_the_stage_only_for_few_labels_of_short_texts():
-    few_short = auto_steps([20] * 32, [0, 1] * 16)
-    assert few_short == AUTO_STEPS
-    assert auto_steps([20] * 128, [0, 1] * 64) == 0  # 64 per class: enough labels
-    assert auto_steps([230] * 32, [0, 1] * 16) == 0  # long reviews: the stage costs more than it gains
-    assert auto_steps([20] * 41, [0] * 40 + [1]) == AUTO_STEPS  # the smallest class decides
+    assert auto_steps([20] * 32, [0, 1] * 16, 16) == AUTO_MIN_STEPS  # 20 pairs per text would be 40 steps
+    assert auto_steps([20] * 80, [0, 1, 2, 3, 4] * 16, 16) == 100  # SST-5 at 16 per class
+    assert auto_steps([20] * 128, [0, 1] * 64, 16) == 0  # 64 per class: enough labels
+    assert auto_steps([230] * 32, [0, 1] * 16, 16) == 0  # long reviews: the stage costs more than it gains
+    assert auto_steps([20] * 41, [0] * 40 + [1], 16) == 51  # the smallest class decides
 
 
 def test_unset_steps_follow_the_data_and_zero_turns_the_stage_off(tiny_models, dataset, tmp_path, caplog):
@@ -96,8 +107,10 @@ def test_unset_steps_follow_the_data_and_zero_turns_the_stage_off(tiny_models, d
     cfg = tiny_config(tiny_models["distilbert"], train_csv, test_csv, **{"train.contrastive_steps": None, "train.epochs": 1})
     with caplog.at_level(logging.INFO):
         train(cfg, tmp_path / "auto", progress=False)
-    assert f"a contrastive stage of {AUTO_STEPS} steps first" in caplog.text
-    assert f"contrastive stage: {AUTO_STEPS} steps" in caplog.text
+    steps = auto_steps([10] * 36, [0, 1] * 18, 8)  # 20 pairs for each of 36 texts, 8 pairs a step
+    assert steps == 90
+    assert f"a contrastive stage of {steps} steps first" in caplog.text
+    assert f"contrastive stage: {steps} steps" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):
         train(cfg.override({"train.contrastive_steps": 0}), tmp_path / "off", progress=False)

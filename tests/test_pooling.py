@@ -16,7 +16,7 @@ from sentilora.data import load_data
 from sentilora.errors import DataError
 from sentilora.evaluate import evaluate_run
 from sentilora.export import export_onnx
-from sentilora.heads import centroid_head, resolve_pooling
+from sentilora.heads import centroid_head, logistic_head, resolve_pooling
 from sentilora.model import load_base_model, load_tokenizer
 from sentilora.train import train
 
@@ -122,6 +122,34 @@ def test_centroid_head_starts_as_a_nearest_class_mean_classifier(tiny_models):
         scores = model.classifier(features)
     nearest = torch.cdist(features, torch.stack([features[torch.tensor(labels) == c].mean(0) for c in range(3)])).argmin(1)
     assert (scores.argmax(1) == nearest).float().mean() > 0.95 and (scores.argmax(1) == torch.tensor(labels)).all()
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_logistic_head_gives_the_fitted_regressions_probabilities(tiny_models, n_classes):
+    from sklearn.linear_model import LogisticRegression
+
+    names = ["a", "b", "c"][:n_classes]
+    model, _ = load_base_model(str(tiny_models["bert"]), names, pooling="mean")
+    gen = torch.Generator().manual_seed(1)
+    labels = [i % n_classes for i in range(60)]
+    features = torch.randn(n_classes, 32, generator=gen)[labels] + 2 * torch.randn(60, 32, generator=gen)
+    logistic_head(model.classifier, features, labels, seed=0)
+    with torch.no_grad():
+        probs = model.classifier(features).softmax(-1).numpy()
+    x = features.double().numpy()
+    scale = np.linalg.norm(x, axis=1).mean()
+    expected = LogisticRegression(max_iter=1000, random_state=0).fit(x / scale, labels).predict_proba(x / scale)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+def test_logistic_head_puts_a_class_without_examples_last(tiny_models):
+    model, _ = load_base_model(str(tiny_models["bert"]), ["a", "b", "c"], pooling="mean")
+    features = torch.randn(40, 32, generator=torch.Generator().manual_seed(2))
+    labels = [0 if f[0] > 0 else 2 for f in features]  # no "b"
+    logistic_head(model.classifier, features, labels, seed=0)
+    with torch.no_grad():
+        scores = model.classifier(features)
+    assert (scores.argmin(1) == 1).all() and (scores.argmax(1) == torch.tensor(labels)).float().mean() > 0.9
 
 
 def test_training_can_start_from_class_prototypes(tiny_models, dataset, tmp_path, caplog):

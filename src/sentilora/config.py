@@ -53,11 +53,11 @@ class ModelConfig:
         "when it has one), 'mean' (the mean of all token states) or 'auto': 'mean' for sentence-"
         "transformers bases such as MiniLM, which were trained for it, else 'cls'.",
     )
-    head_init: Literal["random", "prototypes"] = _f(
+    head_init: Literal["random", "prototypes", "logistic"] = _f(
         "random",
-        "How the classification head starts: 'random', or 'prototypes': a nearest-class-mean classifier "
-        "over what the head reads, from up to 2,048 training texts (heads that are one linear layer, "
-        "such as BERT's; others start at random).",
+        "How the classification head starts: 'random'; 'prototypes': a nearest-class-mean classifier "
+        "over what the head reads, from up to 2,048 training texts; 'logistic': a logistic regression "
+        "fitted on the same (heads that are one linear layer, such as BERT's; others start at random).",
     )
     dropout: float | None = _f(
         0.0,
@@ -128,12 +128,15 @@ class TrainConfig:
     grad_accum: int = _f(1, "Batches accumulated per optimiser step.")
     min_steps: int = _f(
         200, "Optimiser steps a run takes at least: on a small training set, epochs are raised to reach it "
-        "(16 texts per class would otherwise train for a dozen steps and stay at chance).")
+        "(16 texts per class would otherwise train for a dozen steps and stay at chance). Not applied "
+        "after a contrastive stage, whose fitted head needs only --train.epochs.")
     contrastive_steps: int | None = _f(
         None, "Steps of a SetFit-style stage before classification: pairs of training texts, one class or "
-        "two, pulled together or apart on the LoRA weights; then the head starts from the class means. "
-        "Unset: 100 when the smallest class has under 40 texts and the median text is 64 tokens or "
-        "less (short texts, few labels), else none. 0 = never.")
+        "two, pulled together or apart on the LoRA weights; then the head starts as a logistic regression "
+        "on the new embeddings (class means under --model.head_init prototypes) and --train.epochs "
+        "follow. Unset: when the smallest class has under 40 texts and the median text is 64 tokens or "
+        "less (short texts, few labels), 20 pairs per training text (50 steps at least), else none. "
+        "0 = never.")
     lr: float = _f(2e-3, "Peak learning rate (AdamW), linear warm-up then linear decay.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")

@@ -12,8 +12,10 @@ classifier on the embeddings. This stage does the same to the LoRA weights:
 - the loss is SetFit's: the squared error between the pair's cosine similarity and 1 (one class)
   or 0 (two classes).
 
-Afterwards the head starts from the class means of the new embeddings (`heads.prototype_head`),
-and ordinary training follows.
+Afterwards the head is fitted as SetFit fits its classifier, a logistic regression on the new
+embeddings (`heads.init_head`; class means under --model.head_init prototypes), and ordinary
+training follows for --train.epochs, without the --train.min_steps floor: on validation at 16
+labels per class that beat 200 ordinary steps after the stage (bench/results/recipes-validation.json).
 """
 
 from __future__ import annotations
@@ -31,22 +33,26 @@ from sentilora.heads import head_inputs
 
 log = logging.getLogger(__name__)
 
-# --train.contrastive_steps unset: the stage runs AUTO_STEPS steps for a small training set of short
-# texts (README: 'Which setting for which data'; bench/results/recipes-validation.json).
-AUTO_STEPS = 100
+# --train.contrastive_steps unset: for a small training set of short texts the stage draws
+# AUTO_PAIRS_PER_TEXT pairs per training text, AUTO_MIN_STEPS steps at least (README: 'Which setting
+# for which data'; bench/results/recipes-validation.json: at 16 per class, 50 steps beat 100 on SST-2
+# (32 texts) and 100 beat 200 on SST-5 (80 texts), both with the logistic head).
+AUTO_PAIRS_PER_TEXT = 20
+AUTO_MIN_STEPS = 50
 AUTO_BELOW = 40  # texts in the smallest class: on at 16 per class (measured), off at 64
 AUTO_MAX_TOKENS = 64  # median tokens per training text: SST sentences are ~25; IMDB reviews ~230
 
 
-def auto_steps(lengths: Sequence[int], labels: Sequence[int]) -> int:
-    """The stage's length when --train.contrastive_steps is unset: AUTO_STEPS for fewer than
-    AUTO_BELOW texts in the smallest class and a median text of at most AUTO_MAX_TOKENS tokens,
-    else 0. Long texts are left out: there the stage would cost more than SetFit's whole run."""
+def auto_steps(lengths: Sequence[int], labels: Sequence[int], pairs_per_step: int) -> int:
+    """The stage's length when --train.contrastive_steps is unset: for fewer than AUTO_BELOW texts in
+    the smallest class and a median text of at most AUTO_MAX_TOKENS tokens, enough steps of
+    `pairs_per_step` pairs for AUTO_PAIRS_PER_TEXT pairs per text (AUTO_MIN_STEPS at least); else 0.
+    Long texts are left out: there the stage would cost more than SetFit's whole run."""
     counts = np.bincount(np.asarray(labels, dtype=int))
     counts = counts[counts > 0]
     if len(counts) < 2 or counts.min() >= AUTO_BELOW or float(np.median(lengths)) > AUTO_MAX_TOKENS:
         return 0
-    return AUTO_STEPS
+    return max(AUTO_MIN_STEPS, round(AUTO_PAIRS_PER_TEXT * len(labels) / pairs_per_step))
 
 
 def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator) -> list[tuple[int, int, float]]:

@@ -6,7 +6,8 @@ excluded, which is what sentence-transformers bases such as MiniLM were trained 
 forward hook on the encoder, so every path that runs the model pools the same way.
 
 Head init: 'prototypes' starts a one-Linear head as a nearest-class-mean classifier over what the
-head reads, so a tiny training set starts from a sensible classifier rather than from noise.
+head reads, 'logistic' as a logistic regression fitted on it, so a tiny training set starts from a
+sensible classifier rather than from noise.
 """
 
 from __future__ import annotations
@@ -104,16 +105,17 @@ def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         hook.remove()
 
 
-def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Sequence[int], *, pad_id: int,
-                   device: torch.device, dtype: torch.dtype | None, seed: int) -> None:
-    """Start `model`'s head as a nearest-class-mean classifier over what it reads for up to
-    PROTOTYPE_TEXTS of the training texts (a seeded draw); a head that is not one Linear layer is
-    left as it is, with a log line."""
+def init_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Sequence[int], *, how: str, pad_id: int,
+              device: torch.device, dtype: torch.dtype | None, seed: int) -> None:
+    """Start `model`'s head from what it reads for up to PROTOTYPE_TEXTS of the training texts (a
+    seeded draw): 'prototypes' makes it a nearest-class-mean classifier (`centroid_head`), 'logistic'
+    a logistic regression fitted on those features (`logistic_head`, SetFit's classifier). A head
+    that is not one Linear layer is left as it is, with a log line."""
     head = getattr(model, "classifier", None)
     # Under PEFT the head is a wrapper around the trained copy (modules_to_save): write that copy.
     linear = head.modules_to_save[head.active_adapters[0]] if hasattr(head, "modules_to_save") else head
     if type(linear) is not nn.Linear:
-        log.info("--model.head_init prototypes needs a one-layer head; this model's starts at random")
+        log.info("--model.head_init %s needs a one-layer head; this model's starts at random", how)
         return
     pick = np.random.default_rng(seed).permutation(len(ids))[:PROTOTYPE_TEXTS]
     was_training = model.training
@@ -126,8 +128,34 @@ def prototype_head(model: nn.Module, ids: Sequence[Sequence[int]], labels: Seque
                     model(**{k: v.to(device) for k, v in batch.items()})
     finally:
         model.train(was_training)
-    centroid_head(linear, torch.cat([f.float().cpu() for f in features]), [labels[i] for i in pick])
-    log.info("head started from the class means of %d training texts", len(pick))
+    x, y = torch.cat([f.float().cpu() for f in features]), [labels[i] for i in pick]
+    if how == "logistic":
+        logistic_head(linear, x, y, seed=seed)
+        log.info("head started as a logistic regression on the features of %d training texts", len(pick))
+    else:
+        centroid_head(linear, x, y)
+        log.info("head started from the class means of %d training texts", len(pick))
+
+
+def logistic_head(head: nn.Linear, features: torch.Tensor, labels: Sequence[int], *, seed: int) -> None:
+    """Set `head` to a logistic regression (scikit-learn's defaults, C=1) fitted on `features`
+    divided by their mean norm, so the penalty means what it means on SetFit's unit-length embeddings.
+    Two classes: the one weight vector is split +-1/2 between the rows, which gives the same
+    probabilities under softmax. A class with no row in `labels` scores far below the others."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = features.double().numpy(), np.asarray(list(labels))
+    scale = float(np.linalg.norm(x, axis=1).mean()) or 1.0
+    clf = LogisticRegression(max_iter=1000, random_state=seed).fit(x / scale, y)
+    coef, bias = clf.coef_ / scale, clf.intercept_
+    if len(clf.classes_) == 2:
+        coef, bias = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(float(bias.min()) - 10.0)
+        rows = torch.as_tensor(clf.classes_.astype(np.int64))
+        head.weight[rows] = torch.as_tensor(coef, dtype=head.weight.dtype)
+        head.bias[rows] = torch.as_tensor(bias, dtype=head.bias.dtype)
 
 
 def centroid_head(head: nn.Linear, features: torch.Tensor, labels: Sequence[int]) -> None:

@@ -144,9 +144,9 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
         if n is not None and n > positions:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
     enc = {s: encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
-    if cfg.model.head_init == "prototypes":
-        H.prototype_head(base, enc["train"], data.splits["train"].labels, pad_id=tokenizer.pad_token_id or 0,
-                         device=device, dtype=dtype, seed=t.seed)
+    if cfg.model.head_init != "random":
+        H.init_head(base, enc["train"], data.splits["train"].labels, how=cfg.model.head_init,
+                    pad_id=tokenizer.pad_token_id or 0, device=device, dtype=dtype, seed=t.seed)
     model = M.add_lora(base, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=targets,
                        heads=heads, top_layers=cfg.lora.layers)
     model.to(device)
@@ -230,16 +230,19 @@ class Trainer:
         # deals it out (train_step.optim_step), so steps per epoch and the schedule follow the global batch.
         self.global_batch = t.batch_size * dd.world_size
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
-        # A small training set runs more epochs, to take --train.min_steps optimiser steps at least.
-        self.epochs = max(t.epochs, math.ceil(t.min_steps / self.steps_per_epoch))
+        self.contrastive_steps = (t.contrastive_steps if t.contrastive_steps is not None
+                                  else auto_steps(self.lengths, self.train_y, t.batch_size))
+        if self.contrastive_steps and t.contrastive_steps is None and dd.is_main and not resume:
+            log.info("few labels of short texts: a contrastive stage of %d steps first (--train.contrastive_steps 0 skips it)",
+                     self.contrastive_steps)
+        # A small training set runs more epochs, to take --train.min_steps optimiser steps at least; after a
+        # contrastive stage the head starts fitted and --train.epochs are enough (sentilora.contrastive).
+        floor = 0 if self.contrastive_steps else t.min_steps
+        self.epochs = max(t.epochs, math.ceil(floor / self.steps_per_epoch))
         if self.epochs > t.epochs and dd.is_main and not resume:
             log.info("%d training texts make %d steps per epoch: %d epochs instead of %d, to take --train.min_steps %d",
                      len(self.train_ids), self.steps_per_epoch, self.epochs, t.epochs, t.min_steps)
         self.total_steps = total_steps = self.steps_per_epoch * self.epochs
-        self.contrastive_steps = t.contrastive_steps if t.contrastive_steps is not None else auto_steps(self.lengths, self.train_y)
-        if self.contrastive_steps and t.contrastive_steps is None and dd.is_main and not resume:
-            log.info("few labels of short texts: a contrastive stage of %d steps first (--train.contrastive_steps 0 skips it)",
-                     self.contrastive_steps)
         self.params = [p for p in s.model.parameters() if p.requires_grad]
         dd.broadcast_tensors(self.params)  # the same seed gives the same init everywhere; this makes sure of it
         if dd.rank:  # rank 0 keeps the one-process stream; the others get their own dropout masks
@@ -324,14 +327,16 @@ class Trainer:
         return self.finish()
 
     def contrastive(self) -> None:
-        """The SetFit-style stage (sentilora.contrastive), then the head from the new class means."""
+        """The SetFit-style stage (sentilora.contrastive), then the head fitted on the new embeddings."""
         s, t, dd = self.s, self.t, self.dd
         with Progress(self.contrastive_steps, "pairs", unit="steps", enabled=self.show, loss="-") as bar:
             contrastive_stage(s.model, self.train_ids, self.train_y, steps=self.contrastive_steps,
                               pairs_per_step=t.batch_size, lr=t.lr, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
                               seed=t.seed, max_grad_norm=t.max_grad_norm, on_step=lambda _, loss: bar.advance(1, loss=loss),
                               bucket_limit=s.positions)
-        H.prototype_head(s.model, self.train_ids, self.train_y, pad_id=self.pad_id, device=s.device, dtype=s.dtype, seed=t.seed)
+        how = "prototypes" if self.cfg.model.head_init == "prototypes" else "logistic"
+        H.init_head(s.model, self.train_ids, self.train_y, how=how, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
+                    seed=t.seed)
         dd.broadcast_tensors(self.params)  # every process starts the main stage from rank 0's weights
 
     def step(self, epoch: int, group: list[list[int]], bar: Progress) -> bool:
