@@ -417,6 +417,7 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     were cached) as the trainer will decide it for this data, and left out when that is 0, so a cell
     the stage does not touch keeps the key it had before the option existed. A cell with the stage
     also records which recipe follows it (2: the logistic head and no step floor, since 2026-12-06).
+    --data.min_held_out likewise keeps its old value where the new one holds out the same rows.
 
     The trainer's rule (sentilora.contrastive.auto_steps) reads token lengths; here the data set
     stands for them: SST sentences (median ~25 tokens) are short, IMDB reviews (~230) are not.
@@ -424,9 +425,14 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     from sentilora.contrastive import auto_steps
 
     out = {section: dict(values) for section, values in resolved.items()}
+    classes = {"sst2": 2, "sst5": 5, "p3": 4}.get(dataset, 2)
+    # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
+    # 500-999 training rows), the key keeps the old value and the cell its result.
+    carve = per_class * classes * out["data"]["val_fraction"] if per_class is not None else float("inf")
+    if (carve < out["data"]["min_held_out"]) == (carve < 50):
+        out["data"]["min_held_out"] = 50
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:
-        classes = {"sst2": 2, "sst5": 5, "p3": 4}.get(dataset, 2)
         length = 25 if dataset in ("sst2", "sst5") else 230
         steps = auto_steps([length] * per_class * classes, list(range(classes)) * per_class, out["train"]["batch_size"])
     out["train"]["contrastive_steps"] = steps or 0

@@ -83,6 +83,22 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
         "default, 12 epochs after the stage": {"train.epochs": 12},
         "default, LoRA r 32": {"lora.r": 32, "lora.alpha": 64},
         "default, LoRA on attention": {"lora.target_modules": ["attention"]}}),
+    "sst5-full-levers": ("sst5", None, (0,), {
+        "default": {},
+        "default, logistic head": {"model.head_init": "logistic"},
+        "default, LoRA on attention": {"lora.target_modules": ["attention"]},
+        "default, LoRA r 16 on all linears, lr 1e-3": {"lora.target_modules": ["all"], "lora.r": 16, "lora.alpha": 32,
+                                                      "train.lr": 1e-3}}),
+    "imdb-256": ("imdb", 256, (0, 1), {
+        "default": {},
+        "default, no hold-out under 1,000 rows": {"data.min_held_out": 100}}),
+    "imdb-64-levers": ("imdb", 64, (0, 1), {
+        "default, logistic head": {"model.head_init": "logistic"},
+        "default, 400 steps at least": {"train.min_steps": 400}}),
+    "sst5-full-schedule": ("sst5", None, (0, 1), {
+        "default": {},
+        "default, 3 epochs": {"train.epochs": 3},
+        "default, lr 1e-3": {"train.lr": 1e-3}}),
 }
 
 

@@ -87,9 +87,9 @@ def test_a_mean_pooled_run_predicts_alike_after_reload_merge_and_export(tiny_mod
 
 
 def test_a_small_training_set_holds_nothing_out_and_takes_min_steps(tiny_models, dataset, tmp_path):
-    train_csv, test_csv = dataset(n_train=48)  # 12 held out at 25%: under the default 50
+    train_csv, test_csv = dataset(n_train=48)  # 12 held out at 25%: under the default 100
     cfg = tiny_config(tiny_models["bert"], train_csv, test_csv,
-                      **{"data.min_held_out": 50, "train.min_steps": 15, "train.epochs": 1})
+                      **{"data.min_held_out": 100, "train.min_steps": 15, "train.epochs": 1})
     result = train(cfg, tmp_path / "run", progress=False)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     # 48 texts in batches of 8: 6 steps per epoch, so 3 epochs to take 15 steps; the last epoch is kept.
@@ -100,7 +100,7 @@ def test_a_small_training_set_holds_nothing_out_and_takes_min_steps(tiny_models,
     assert evaluate_run(tmp_path / "run", split="test", baseline=False)["metrics"]["n"] == 24
 
 
-@pytest.mark.parametrize(("rows", "held_out"), [(400, 0), (600, 60)])
+@pytest.mark.parametrize(("rows", "held_out"), [(600, 0), (999, 0), (1000, 100)])
 def test_the_carve_out_needs_min_held_out_texts(dataset, tmp_path, rows, held_out):
     from sentilora.config import Config
 

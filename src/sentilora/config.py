@@ -108,9 +108,9 @@ class DataConfig:
     )
     val_fraction: float = _f(0.1, "Share of train held out for validation when no validation split is named.")
     min_held_out: int = _f(
-        50, "Hold nothing out when the carve-out would be smaller than this (under 500 rows at 10%): a few "
-        "texts only add noise to the best-epoch choice, and a small training set needs them all. Training "
-        "then runs --train.min_steps or more and keeps its final weights. 0 always holds out.")
+        100, "Hold nothing out when the carve-out would be smaller than this (under 1,000 rows at 10%): a "
+        "few texts only add noise to the best-epoch choice, and a small training set needs them all. "
+        "Training then runs --train.min_steps or more and keeps its final weights. 0 always holds out.")
     test_split: str = _f("test", "Name of the test split (used by `evaluate`).")
     n_train: int | None = _f(None, "Balanced subsample of the training split (quick runs).")
     n_eval: int | None = _f(None, "Balanced subsample of the validation and test splits.")
