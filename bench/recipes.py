@@ -90,8 +90,8 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
         "default, LoRA r 16 on all linears, lr 1e-3": {"lora.target_modules": ["all"], "lora.r": 16, "lora.alpha": 32,
                                                       "train.lr": 1e-3}}),
     "imdb-256": ("imdb", 256, (0, 1), {
-        "default": {},
-        "default, no hold-out under 1,000 rows": {"data.min_held_out": 100}}),
+        "10% held out (min_held_out 50, the default before 2026-12-06)": {"data.min_held_out": 50},
+        "no hold-out under 1,000 rows (min_held_out 100)": {"data.min_held_out": 100}}),
     "imdb-64-levers": ("imdb", 64, (0, 1), {
         "default, logistic head": {"model.head_init": "logistic"},
         "default, 400 steps at least": {"train.min_steps": 400}}),

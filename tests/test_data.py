@@ -208,7 +208,7 @@ def test_multiclass_stratified_carve_out(tmp_path: Path) -> None:
     df = frame(300, classes=("neg", "neutral", "pos"))
     df.loc[:149, "label"] = "pos"  # unbalanced: pos 200, neg 50, neutral 50
     write_table(df, tmp_path / "r.parquet")
-    cfg = DataConfig(source=str(tmp_path / "r.parquet"), val_fraction=0.2, seed=7)
+    cfg = DataConfig(source=str(tmp_path / "r.parquet"), val_fraction=0.2, seed=7, min_held_out=0)
     data = load_data(cfg, need=("train", "validation"))
     train, val = data.splits["train"], data.splits["validation"]
     assert data.label_names == ["neg", "neutral", "pos"]
@@ -217,7 +217,7 @@ def test_multiclass_stratified_carve_out(tmp_path: Path) -> None:
     assert by_text(train) | by_text(val) == {t: ["neg", "neutral", "pos"].index(x) for t, x in zip(df.text, df.label)}
     again = load_data(cfg, need=("train", "validation"))
     assert again.splits["validation"].texts == val.texts and again.splits["train"].texts == train.texts
-    other = load_data(DataConfig(source=cfg.source, val_fraction=0.2, seed=8), need=("validation",))
+    other = load_data(DataConfig(source=cfg.source, val_fraction=0.2, seed=8, min_held_out=0), need=("validation",))
     assert other.splits["validation"].texts != val.texts
 
 
