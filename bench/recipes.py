@@ -32,6 +32,16 @@ WORK = WORK_DIR / "recipes"
 SST = SHARED.parent / "sst"
 SST5_NAMES = ["very negative", "negative", "neutral", "positive", "very positive"]
 
+def _logistic_head_variants(*steps: int) -> dict[str, dict[str, Any]]:
+    """The head change of 2026-12-06: the stage of 100 steps, then the logistic head and the 200-step
+    floor; and for each of `steps`, a stage of that many steps, then the logistic head without the floor."""
+    base = {"model.pooling": "mean", "model.head_init": "logistic"}
+    out = {"mean, contrastive 100, logistic head": {**base, "train.contrastive_steps": 100}}
+    for n in steps:
+        out[f"mean, contrastive {n}, logistic head, min steps 0"] = {**base, "train.contrastive_steps": n, "train.min_steps": 0}
+    return out
+
+
 # group -> (data set, labels per class or None for all, seeds, {variant: overrides})
 GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, Any]]]] = {
     "imdb-64": ("imdb", 64, (0, 1), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"}}),
@@ -63,20 +73,8 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
                                                                                 "train.min_steps": 50},
                                         "mean, contrastive 50, min steps 100": {"model.pooling": "mean", "train.contrastive_steps": 50,
                                                                                 "train.min_steps": 100}}),
-    "sst5-16-head": ("sst5", 16, (0, 1, 2, 3, 4), {
-        "mean, contrastive 100, logistic head": {"model.pooling": "mean", "train.contrastive_steps": 100,
-                                                 "model.head_init": "logistic"},
-        "mean, contrastive 100, logistic head, min steps 0": {"model.pooling": "mean", "train.contrastive_steps": 100,
-                                                              "model.head_init": "logistic", "train.min_steps": 0},
-        "mean, contrastive 200, logistic head, min steps 0": {"model.pooling": "mean", "train.contrastive_steps": 200,
-                                                              "model.head_init": "logistic", "train.min_steps": 0}}),
-    "sst2-16-head": ("sst2", 16, (0, 1, 2, 3, 4), {
-        "mean, contrastive 100, logistic head": {"model.pooling": "mean", "train.contrastive_steps": 100,
-                                                 "model.head_init": "logistic"},
-        "mean, contrastive 100, logistic head, min steps 0": {"model.pooling": "mean", "train.contrastive_steps": 100,
-                                                              "model.head_init": "logistic", "train.min_steps": 0},
-        "mean, contrastive 50, logistic head, min steps 0": {"model.pooling": "mean", "train.contrastive_steps": 50,
-                                                             "model.head_init": "logistic", "train.min_steps": 0}}),
+    "sst5-16-head": ("sst5", 16, (0, 1, 2, 3, 4), _logistic_head_variants(100, 200)),
+    "sst2-16-head": ("sst2", 16, (0, 1, 2, 3, 4), _logistic_head_variants(100, 50)),
     # Levers on the default after 2026-12-06 (contrastive stage, logistic head, no step floor).
     "sst5-16-levers": ("sst5", 16, (0, 1, 2, 3, 4), {
         "default, 1 epoch after the stage": {"train.epochs": 1},
