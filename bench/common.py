@@ -370,6 +370,7 @@ SST_DIR = Path(os.environ.get("SENTILORA_SST_DIR") or REPO_ROOT / ".." / "shared
 SST2_CLASS_NAMES = ["negative", "positive"]
 SST5_CLASS_NAMES = ["very negative", "negative", "neutral", "positive", "very positive"]
 SUITE_DATASETS = ("imdb", "p3", "sst2", "sst5")
+CLASS_NAMES = {"imdb": BINARY_NAMES, "p3": P3_CLASS_NAMES, "sst2": SST2_CLASS_NAMES, "sst5": SST5_CLASS_NAMES}
 
 
 def sst(task: str, split: str) -> pd.DataFrame:
@@ -425,7 +426,7 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     from sentilora.contrastive import auto_steps
 
     out = {section: dict(values) for section, values in resolved.items()}
-    classes = {"sst2": 2, "sst5": 5, "p3": 4}.get(dataset, 2)
+    classes = len(CLASS_NAMES[dataset])
     # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
     # 500-999 training rows), the key keeps the old value and the cell its result.
     carve = per_class * classes * out["data"]["val_fraction"] if per_class is not None else float("inf")

@@ -26,11 +26,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, SST2_CLASS_NAMES, WORK_DIR, config_for_key, sst, utc_now, write_results  # noqa: E402
+from common import SHARED, SST2_CLASS_NAMES, SST5_CLASS_NAMES, WORK_DIR, config_for_key, sst, utc_now, write_results  # noqa: E402
 
 WORK = WORK_DIR / "recipes"
 SST = SHARED.parent / "sst"
-SST5_NAMES = ["very negative", "negative", "neutral", "positive", "very positive"]
 
 def _logistic_head_variants(*steps: int) -> dict[str, dict[str, Any]]:
     """The head change of 2026-12-06: the stage of 100 steps, then the logistic head and the 200-step
@@ -108,7 +107,7 @@ def _imdb() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 def _sst5() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     train, val = (pd.read_parquet(SST / f"sst5_{s}.parquet")[["text", "label"]] for s in ("train", "validation"))
-    return train, val, SST5_NAMES
+    return train, val, SST5_CLASS_NAMES
 
 
 def _sst2() -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:

@@ -53,14 +53,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BINARY_NAMES, P3_CLASS_NAMES, REPO_ROOT, RESULTS_DIR, SST2_CLASS_NAMES, SST5_CLASS_NAMES, SUITE_DATASETS, WORK_DIR,
+    CLASS_NAMES, REPO_ROOT, RESULTS_DIR, SUITE_DATASETS, WORK_DIR,
     code_version, config_for_key, machine_info, model_path, render_readme, utc_now, write_results,
 )
 
 BENCH = "suite"
 SIZES = ("16", "64", "256", "full")
 SYSTEMS = ("sentilora", "tfidf", "embed_lr", "setfit", "seed")
-NAMES = {"imdb": BINARY_NAMES, "p3": P3_CLASS_NAMES, "sst2": SST2_CLASS_NAMES, "sst5": SST5_CLASS_NAMES}
 SUBSET_DATASETS = ("imdb", "p3")  # 20k test reviews: small cells are scored on a fixed subset
 EVAL_SEED = 0
 SETFIT_REDUCED_ITERATIONS = 20  # at 64+/class: the default oversampling makes tens of thousands of pairs
@@ -86,7 +85,7 @@ def sentilora_overrides(inp: dict[str, Any], work: Path) -> dict[str, Any]:
     test = folder / f"{inp['dataset']}-test-{n or 'all'}.parquet"
     budget = {"train.max_minutes": inp["max_minutes"]} if inp.get("max_minutes") else {}
     return {"model.name": "minilm", "data.source": str(train), "data.test_file": str(test),
-            "data.label_names": ",".join(NAMES[inp["dataset"]]), "train.seed": inp["seed"], "data.seed": inp["seed"],
+            "data.label_names": ",".join(CLASS_NAMES[inp["dataset"]]), "train.seed": inp["seed"], "data.seed": inp["seed"],
             **budget, **(inp.get("overrides") or {})}
 
 
