@@ -13,10 +13,10 @@ nvidia-smi -L
 python3 -c "import torch, transformers, peft, accelerate, sklearn; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || echo "pip install -e . failed (see pip.log); tests run from PYTHONPATH"
 # The tests, on CUDA where the code picks a device itself (no serve/Ray packages on the machine).
-( timeout 330 python3 -m pytest -q -p no:cacheprovider --timeout 150 \
+( timeout "${PYTEST_TIMEOUT:-330}" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 200 ${PYTEST_EXTRA:-} \
     --ignore=tests/test_serve.py --ignore=tests/test_serve_process.py --ignore=tests/test_ray_engine.py \
     >"$OUT/pytest.log" 2>&1; echo "pytest rc $?" >>"$OUT/pytest.log" ) &
 timeout "${SWEEP_TIMEOUT:-430}" python3 bench/recipes_gpu.py run .devcarry/data --out "$OUT/sweep" \
-    --workers "${WORKERS:-6}" --budget-s "${BUDGET_S:-300}" 2>&1 | grep --line-buffered -v "Loading weights\|training texts of class\|LOAD REPORT\|^Key\|^---\|MISSING\|^Notes\|^$\|^classifier" | tee "$OUT/sweep.log"
+    --workers "${WORKERS:-6}" --budget-s "${BUDGET_S:-300}" ${SWEEP_ONLY:+--only "$SWEEP_ONLY"} 2>&1 | grep --line-buffered -v "Loading weights\|training texts of class\|LOAD REPORT\|^Key\|^---\|MISSING\|^Notes\|^$\|^classifier" | tee "$OUT/sweep.log"
 wait
 tail -5 "$OUT/pytest.log"

@@ -41,6 +41,9 @@ def _logistic_head_variants(*steps: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+OLD_RECIPE = {"lora.target_modules": ["qv"], "lora.r": 8, "lora.alpha": 16, "train.lr": 2e-3, "train.epochs": 6}
+SHORT_RECIPE = {"lora.target_modules": ["all"], "lora.r": 16, "lora.alpha": 32, "train.lr": 1e-3, "train.epochs": 2}
+
 # group -> (data set, labels per class or None for all, seeds, {variant: overrides})
 GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, Any]]]] = {
     "imdb-64": ("imdb", 64, (0, 1), {"cls": {"model.pooling": "cls"}, "mean": {"model.pooling": "mean"}}),
@@ -96,6 +99,11 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
         "default": {},
         "default, 3 epochs": {"train.epochs": 3},
         "default, lr 1e-3": {"train.lr": 1e-3}}),
+    # The GPU sweep's winner on full SST-5 (bench/recipes_gpu.py, recipes — gpu), checked on the CPU, and
+    # at 2,000 texts (400 / 1,000 per class), where the "many short texts" rule starts.
+    **{f"{ds}-{n or 'full'}-short-recipe": (ds, n, (0, 1), {
+        "qv r8, lr 2e-3, 6 epochs (the recipe before 2026-12-06)": OLD_RECIPE,
+        "all linears r16, lr 1e-3, 2 epochs": SHORT_RECIPE}) for ds, n in (("sst5", None), ("sst2", None), ("sst5", 400), ("sst2", 1000))},
 }
 
 

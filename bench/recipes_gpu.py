@@ -71,9 +71,22 @@ VARIANTS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, 
     }),
     "sst5-16": ("sst5", 16, (0, 1, 2, 3, 4), {
         "default": {},
-        "lr 1e-3": {"train.lr": 1e-3},
         "all linears r16": {**ALL, "lora.r": 16, "lora.alpha": 32},
-        "contrastive 300": {"train.contrastive_steps": 300},
+    }),
+    # Round 2 (the second device call): around round 1's best full-SST variant, 2 epochs on all linears.
+    "sst5-full-2": ("sst5", None, (0, 1), {
+        "1 epoch, all linears r16, lr 1e-3": {**ALL, "lora.r": 16, "lora.alpha": 32, "train.lr": 1e-3, "train.epochs": 1},
+        "2 epochs, all linears r16, lr 2e-3": {**ALL, "lora.r": 16, "lora.alpha": 32, "train.epochs": 2},
+        "2 epochs, all linears r32, lr 1e-3": {**ALL, "lora.r": 32, "lora.alpha": 64, "train.lr": 1e-3, "train.epochs": 2},
+        "2 epochs, all linears r16, lr 1e-3, batch 32": {**ALL, "lora.r": 16, "lora.alpha": 32, "train.lr": 1e-3,
+                                                          "train.epochs": 2, "train.batch_size": 32},
+        "2 epochs, all linears r16, lr 1e-3, encoder dropout 0.1": {**ALL, "lora.r": 16, "lora.alpha": 32, "train.lr": 1e-3,
+                                                                    "train.epochs": 2, "model.dropout": None},
+    }),
+    "sst2-full-2": ("sst2", None, (0, 1), {
+        "2 epochs, all linears r16, lr 1e-3": {**ALL, "lora.r": 16, "lora.alpha": 32, "train.lr": 1e-3, "train.epochs": 2},
+        "2 epochs, all linears r16, lr 1e-3, batch 32": {**ALL, "lora.r": 16, "lora.alpha": 32, "train.lr": 1e-3,
+                                                          "train.epochs": 2, "train.batch_size": 32},
     }),
 }
 SECOND_SEED_GROUPS = ("sst5-full", "sst2-full")

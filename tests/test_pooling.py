@@ -20,6 +20,10 @@ from sentilora.heads import centroid_head, logistic_head, resolve_pooling
 from sentilora.model import load_base_model, load_tokenizer
 from sentilora.train import train
 
+# The heads are fitted on CPU features and written into a head that may live on a GPU (init_head moves the
+# model first); the cuda case runs where one is present (the device machine), and is skipped elsewhere.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
 TEXTS = ["The movie was great and wonderful.", "Awful, boring, the worst plot and a dull scene.", "film"]
 
 
@@ -111,21 +115,24 @@ def test_the_carve_out_needs_min_held_out_texts(dataset, tmp_path, rows, held_ou
     assert len(data.splits["train"].labels) == rows - held_out
 
 
-def test_centroid_head_starts_as_a_nearest_class_mean_classifier(tiny_models):
+@pytest.mark.parametrize("device", DEVICES)
+def test_centroid_head_starts_as_a_nearest_class_mean_classifier(tiny_models, device):
     model, _ = load_base_model(str(tiny_models["bert"]), ["a", "b", "c"], pooling="mean")
     gen = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 32, generator=gen) * 3
     labels = [i % 3 for i in range(60)]
     features = centres[labels] + torch.randn(60, 32, generator=gen)
-    centroid_head(model.classifier, features, labels)
+    centroid_head(model.classifier.to(device), features, labels)
+    model.classifier.cpu()
     with torch.no_grad():
         scores = model.classifier(features)
     nearest = torch.cdist(features, torch.stack([features[torch.tensor(labels) == c].mean(0) for c in range(3)])).argmin(1)
     assert (scores.argmax(1) == nearest).float().mean() > 0.95 and (scores.argmax(1) == torch.tensor(labels)).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_logistic_head_gives_the_fitted_regressions_probabilities(tiny_models, n_classes):
+def test_logistic_head_gives_the_fitted_regressions_probabilities(tiny_models, n_classes, device):
     from sklearn.linear_model import LogisticRegression
 
     names = ["a", "b", "c"][:n_classes]
@@ -133,9 +140,9 @@ def test_logistic_head_gives_the_fitted_regressions_probabilities(tiny_models, n
     gen = torch.Generator().manual_seed(1)
     labels = [i % n_classes for i in range(60)]
     features = torch.randn(n_classes, 32, generator=gen)[labels] + 2 * torch.randn(60, 32, generator=gen)
-    logistic_head(model.classifier, features, labels, seed=0)
+    logistic_head(model.classifier.to(device), features, labels, seed=0)
     with torch.no_grad():
-        probs = model.classifier(features).softmax(-1).numpy()
+        probs = model.classifier.cpu()(features).softmax(-1).numpy()
     x = features.double().numpy()
     scale = np.linalg.norm(x, axis=1).mean()
     expected = LogisticRegression(max_iter=1000, random_state=0).fit(x / scale, labels).predict_proba(x / scale)

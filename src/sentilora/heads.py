@@ -150,12 +150,11 @@ def logistic_head(head: nn.Linear, features: torch.Tensor, labels: Sequence[int]
     coef, bias = clf.coef_ / scale, clf.intercept_
     if len(clf.classes_) == 2:
         coef, bias = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.fill_(float(bias.min()) - 10.0)
-        rows = torch.as_tensor(clf.classes_.astype(np.int64))
-        head.weight[rows] = torch.as_tensor(coef, dtype=head.weight.dtype)
-        head.bias[rows] = torch.as_tensor(bias, dtype=head.bias.dtype)
+    weight = torch.zeros(head.weight.shape, dtype=torch.float64)
+    full_bias = torch.full(head.bias.shape, float(bias.min()) - 10.0, dtype=torch.float64)
+    rows = torch.as_tensor(clf.classes_.astype(np.int64))
+    weight[rows], full_bias[rows] = torch.as_tensor(coef), torch.as_tensor(bias)
+    _set(head, weight, full_bias)
 
 
 def centroid_head(head: nn.Linear, features: torch.Tensor, labels: Sequence[int]) -> None:
@@ -168,8 +167,14 @@ def centroid_head(head: nn.Linear, features: torch.Tensor, labels: Sequence[int]
     centre = means.mean(0)
     directions = torch.nn.functional.normalize(means - centre, dim=1)
     scale = 2.0 / ((x - centre) @ directions.T).std().clamp(min=1e-6)
+    weight, bias = torch.zeros(head.weight.shape), torch.zeros(head.bias.shape)
+    weight[present] = scale * directions
+    bias[present] = -(weight[present] @ centre)
+    _set(head, weight, bias)
+
+
+def _set(head: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Copy CPU-computed parameters into `head`, wherever it lives (a GPU) and in its dtype."""
     with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        head.weight[present] = scale * directions
-        head.bias[present] = -(head.weight[present] @ centre)
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
