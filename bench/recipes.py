@@ -104,6 +104,10 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     **{f"{ds}-{n or 'full'}-short-recipe": (ds, n, (0, 1), {
         "qv r8, lr 2e-3, 6 epochs (the recipe before 2026-12-06)": OLD_RECIPE,
         "all linears r16, lr 1e-3, 2 epochs": SHORT_RECIPE}) for ds, n in (("sst5", None), ("sst2", None), ("sst5", 400), ("sst2", 1000))},
+    # ... and below the rule's 1,800 texts (no carve-out under 1,000 rows: the 200-step floor applies).
+    **{f"{ds}-{n}-short-recipe": (ds, n, (0, 1, 2), {
+        "qv r8, lr 2e-3, 6 epochs (the recipe before 2026-12-06)": OLD_RECIPE,
+        "all linears r16, lr 1e-3, 2 epochs": SHORT_RECIPE}) for ds, n in (("sst5", 256), ("sst2", 256), ("sst5", 64), ("sst2", 64))},
 }
 
 
