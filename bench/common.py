@@ -419,14 +419,24 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     the stage does not touch keeps the key it had before the option existed. A cell with the stage
     also records which recipe follows it (2: the logistic head and no step floor, since 2026-12-06).
     --data.min_held_out likewise keeps its old value where the new one holds out the same rows.
+    The recipe settings left unset (sentilora.recipe, since 2026-12-06: LoRA rank, alpha, targets, lr,
+    epochs) get the values the trainer will choose, so cells of the standard recipe keep their keys.
 
-    The trainer's rule (sentilora.contrastive.auto_steps) reads token lengths; here the data set
-    stands for them: SST sentences (median ~25 tokens) are short, IMDB reviews (~230) are not.
+    The trainer's rules (sentilora.contrastive.auto_steps, sentilora.recipe.choose) read token lengths;
+    here the data set stands for them: SST sentences (median ~25 tokens) are short, IMDB reviews (~230)
+    are not.
     """
+    from sentilora import recipe
+    from sentilora.config import Config
     from sentilora.contrastive import auto_steps
 
-    out = {section: dict(values) for section, values in resolved.items()}
     classes = len(CLASS_NAMES[dataset])
+    length = 25 if dataset in ("sst2", "sst5") else 230
+    texts = per_class * classes if per_class is not None else 10**6  # every full set is over recipe.MANY_TEXTS
+    cfg = Config.from_dict(resolved)
+    if per_class is not None and per_class * classes * cfg.data.val_fraction >= cfg.data.min_held_out:
+        texts -= round(per_class * classes * cfg.data.val_fraction)
+    out = recipe.resolve(cfg, [length] * min(texts, recipe.MANY_TEXTS))[0].to_dict()
     # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
     # 500-999 training rows), the key keeps the old value and the cell its result.
     carve = per_class * classes * out["data"]["val_fraction"] if per_class is not None else float("inf")
@@ -434,7 +444,6 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
         out["data"]["min_held_out"] = 50
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:
-        length = 25 if dataset in ("sst2", "sst5") else 230
         steps = auto_steps([length] * per_class * classes, list(range(classes)) * per_class, out["train"]["batch_size"])
     out["train"]["contrastive_steps"] = steps or 0
     if not steps:

@@ -12,7 +12,9 @@ export PYTHONPATH=$PWD/src:$PWD/.devcarry/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED
 nvidia-smi -L
 python3 -c "import torch, transformers, peft, accelerate, sklearn; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || echo "pip install -e . failed (see pip.log); tests run from PYTHONPATH"
-# The tests, on CUDA where the code picks a device itself (no serve/Ray packages on the machine).
+# The tests, training on CUDA (tests/conftest.py's tiny_config reads SENTILORA_TEST_DEVICE; without it
+# they train on the CPU, as the two calls of 2026-12-06 did). No serve/Ray packages on the machine.
+export SENTILORA_TEST_DEVICE=cuda
 ( timeout "${PYTEST_TIMEOUT:-330}" python3 -m pytest -q -rfE -p no:cacheprovider --timeout 200 ${PYTEST_EXTRA:-} \
     --ignore=tests/test_serve.py --ignore=tests/test_serve_process.py --ignore=tests/test_ray_engine.py \
     >"$OUT/pytest.log" 2>&1; echo "pytest rc $?" >>"$OUT/pytest.log" ) &

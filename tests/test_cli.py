@@ -146,7 +146,7 @@ def test_preset_then_yaml_then_flags(tiny_models, dataset, tmp_path):
     assert saved["train"]["epochs"] == 1  # YAML over preset
     assert saved["lora"]["layers"] == 1 and saved["model"]["max_length"] == 32  # flags over both
     bad = runner.invoke(app, ["train", "--preset", "turbo", "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "unknown preset; choose one of fast, accurate" in bad.output
+    assert bad.exit_code == 2 and "unknown preset; choose one of auto, fast, accurate" in bad.output
 
 
 def test_predict_max_length(trained_run):

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"files", "progress"},
     {"config", "tables", "metrics", "calibration", "batching", "tokens", "distributed", "schedule", "labels"},
-    {"data", "heads", "contrastive", "explain"},
+    {"data", "heads", "contrastive", "explain", "recipe"},
     {"model"},
     {"bundle", "prefix"},
     {"predict"},

@@ -143,7 +143,7 @@ def train(
     data: Annotated[Optional[str], typer.Option("--data", help="Shortcut for --data.source (e.g. imdb-sample, reviews.csv).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="A measured trade-off against the default recipe. "
+    preset: Annotated[Optional[str], typer.Option("--preset", help="A recipe: 'auto' (the default) or a measured trade-off against it. "
         + " ".join(f"'{k}': {v[1]}." for k, v in PRESETS.items()))] = None,
 ) -> None:
     """Fine-tune a base encoder with LoRA and write a run bundle to --out.

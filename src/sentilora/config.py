@@ -69,13 +69,14 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = _f(8, "LoRA rank.")
-    alpha: int = _f(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
+    r: int | None = _f(None, "LoRA rank. Unset: 8, or 16 for many short texts (--preset auto).")
+    alpha: int | None = _f(None, "LoRA scaling alpha (the update is scaled by alpha / r). Unset: twice the rank.")
     dropout: float = _f(0.0, "Dropout on the LoRA input (0.1 costs about 15% of a CPU training step).")
     target_modules: list[str] | None = _f(
         None,
         "Linear layers that get LoRA: a preset, 'qv' (query+value), 'attention' (q,k,v,out) or 'all' "
-        "(attention + feed-forward), or layer names, e.g. 'q_lin,v_lin'. Default: qv.",
+        "(attention + feed-forward), or layer names, e.g. 'q_lin,v_lin'. Unset: qv, or all for many short "
+        "texts (--preset auto).",
     )
     layers: int | None = _f(
         None,
@@ -119,9 +120,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(
-        6, "Training epochs (early stopping may end sooner). 6 is tuned on 1,000 IMDB reviews; "
-        "large data sets need fewer (or cap the time with --train.max_minutes).")
+    epochs: int | None = _f(
+        None, "Training epochs (early stopping may end sooner). Unset: 6 (tuned on 1,000 IMDB reviews), or 2 "
+        "for many short texts (--preset auto); for long texts, cap large data sets with --train.max_minutes.")
     batch_size: int = _f(
         16, "Texts per optimiser step (before gradient accumulation), per process: under torchrun or "
         "accelerate launch with N processes a step takes N x this many texts.")
@@ -137,7 +138,8 @@ class TrainConfig:
         "follow. Unset: when the smallest class has under 40 texts and the median text is 64 tokens or "
         "less (short texts, few labels), 20 pairs per training text (50 steps at least), else none. "
         "0 = never.")
-    lr: float = _f(2e-3, "Peak learning rate (AdamW), linear warm-up then linear decay.")
+    lr: float | None = _f(None, "Peak learning rate (AdamW), linear warm-up then linear decay. Unset: 2e-3, or "
+                                "1e-3 for many short texts (--preset auto).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
@@ -248,6 +250,9 @@ class Config:
 # `sentilora train --preset NAME`: measured trade-offs against the default recipe (bench/results/
 # train_imdb-p1*.json, MiniLM on 1,000 IMDB reviews, 2-core CPU). Applied before --config and flags.
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "auto": ({}, "the default: LoRA rank, targets, learning rate and epochs left unset follow the training data "
+                 "(many short texts: r16 on every linear layer, lr 1e-3, 2 epochs; otherwise r8 on query and value, "
+                 "lr 2e-3, 6 epochs; sentilora.recipe)"),
     "fast": ({"lora.layers": 2, "train.epochs": 3, "train.cache_prefix": True},
              "LoRA in the top 2 layers, frozen lower layers computed once, 3 epochs: "
              "P1 accuracy 0.835 in 132 s, against 0.889 in 739 s for the default"),
@@ -412,19 +417,19 @@ def _range_problems(cfg: Config) -> list[str]:
         (cfg.model.predict_max_length is None or cfg.model.predict_max_length >= 8,
          "--model.predict_max_length must be at least 8 (or unset for the encoder's limit)."),
         (cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0, "--model.dropout must be in [0, 1) (or null)."),
-        (cfg.lora.r >= 1, "--lora.r must be at least 1."),
-        (cfg.lora.alpha >= 1, "--lora.alpha must be at least 1."),
+        (cfg.lora.r is None or cfg.lora.r >= 1, "--lora.r must be at least 1 (or unset)."),
+        (cfg.lora.alpha is None or cfg.lora.alpha >= 1, "--lora.alpha must be at least 1 (or unset)."),
         (cfg.lora.layers is None or cfg.lora.layers >= 1, "--lora.layers must be at least 1 (or unset for all layers)."),
         (0.0 <= cfg.lora.dropout < 1.0, "--lora.dropout must be in [0, 1)."),
         (0.0 < cfg.data.val_fraction < 1.0, "--data.val_fraction must be between 0 and 1 (e.g. 0.1)."),
         (cfg.data.n_train is None or cfg.data.n_train >= 2, "--data.n_train must be at least 2 (one per class)."),
         (cfg.data.n_eval is None or cfg.data.n_eval >= 2, "--data.n_eval must be at least 2 (one per class)."),
-        (cfg.train.epochs >= 1, "--train.epochs must be at least 1."),
+        (cfg.train.epochs is None or cfg.train.epochs >= 1, "--train.epochs must be at least 1 (or unset)."),
         (cfg.train.batch_size >= 1, "--train.batch_size must be at least 1."),
         (cfg.train.grad_accum >= 1, "--train.grad_accum must be at least 1."),
         (cfg.train.contrastive_steps is None or cfg.train.contrastive_steps >= 0,
          "--train.contrastive_steps must be 0 (off) or more (or unset for the data-size rule)."),
-        (cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4."),
+        (cfg.train.lr is None or cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4 (or unset)."),
         (cfg.train.weight_decay >= 0, "--train.weight_decay must be 0 or more."),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "--train.warmup_ratio must be in [0, 1)."),
         (cfg.train.max_grad_norm >= 0, "--train.max_grad_norm must be 0 (off) or more."),

@@ -171,6 +171,11 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
 
 
+def has_target_presets(model: nn.Module) -> bool:
+    """Whether --lora.target_modules qv | attention | all are defined for this architecture."""
+    return getattr(model.config, "model_type", None) in TARGET_PRESETS
+
+
 def target_modules(model: nn.Module, override: list[str] | None) -> list[str]:
     """LoRA target layer names for this architecture (or the override, checked to exist)."""
     available = linear_layer_names(model)

@@ -32,6 +32,7 @@ from sentilora import checkpoint as C
 from sentilora import distributed as D
 from sentilora import heads as H
 from sentilora import model as M
+from sentilora import recipe as R
 from sentilora import train_step as S
 from sentilora.batching import epoch_batches, pick_device, pick_dtype
 from sentilora.bundle import Manifest, save_bundle
@@ -115,6 +116,8 @@ class _Setup:
     enc: dict[str, list[list[int]]]
     prefix: FrozenPrefix | None
     pooling: str  # "cls" or "mean" ('auto' resolved)
+    cfg: Config  # the run's config with the data-dependent settings filled in (sentilora.recipe)
+    recipe: R.Recipe
 
 
 def _setup(cfg: Config, dd: D.Dist) -> _Setup:
@@ -131,7 +134,6 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     pooling = H.resolve_pooling(M.resolve_model(cfg.model.name), cfg.model.pooling, revision=cfg.model.revision)
     base, new_weights = M.load_base_model(cfg.model.name, data.label_names, revision=cfg.model.revision, pooling=pooling)
     heads = M.head_modules(base, new_weights)
-    targets = M.target_modules(base, cfg.lora.target_modules)
     fp = M.fingerprint(base)
     torch.manual_seed(t.seed)  # the head's init above consumed RNG in a model-dependent way
     if cfg.model.dropout is not None:
@@ -144,6 +146,8 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
         if n is not None and n > positions:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
     enc = {s: encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
+    cfg, recipe = R.resolve(cfg, [len(x) for x in enc["train"]], has_presets=M.has_target_presets(base))
+    targets = M.target_modules(base, cfg.lora.target_modules)
     if cfg.model.head_init != "random":
         H.init_head(base, enc["train"], data.splits["train"].labels, how=cfg.model.head_init,
                     pad_id=tokenizer.pad_token_id or 0, device=device, dtype=dtype, seed=t.seed)
@@ -155,7 +159,7 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     prefix = None
     if cfg.lora.layers is not None and t.cache_prefix and cfg.lora.layers < num_layers(model):
         prefix = FrozenPrefix(model, cfg.lora.layers)
-    return _Setup(device, dtype, data, tokenizer, model, heads, targets, fp, positions, enc, prefix, pooling)
+    return _Setup(device, dtype, data, tokenizer, model, heads, targets, fp, positions, enc, prefix, pooling, cfg, recipe)
 
 
 SMALL_CLASS = 200  # training texts per class below which a fine-tuned model is unreliable
@@ -223,6 +227,7 @@ class Trainer:
         # Everything that can fail on user input happens before the run folder is created, on every
         # process alike, so bad data stops all of them with the same one-line error.
         self.s = s = dd.everywhere(lambda: _setup(cfg, dd))
+        self.cfg = cfg = s.cfg
         self.t = t = cfg.train
         self.train_ids, self.train_y = s.enc["train"], s.data.splits["train"].labels
         self.lengths = [len(x) for x in self.train_ids]
@@ -236,6 +241,9 @@ class Trainer:
         if self.contrastive_steps and t.contrastive_steps is None and dd.is_main and not resume:
             log.info("few labels of short texts: a contrastive stage of %d steps first (--train.contrastive_steps 0 skips it)",
                      self.contrastive_steps)
+        if s.recipe is R.MANY_SHORT and dd.is_main and not resume:
+            log.info("%d short training texts (median %d tokens): %s (--preset auto; flags override each)",
+                     len(self.train_ids), int(np.median(self.lengths)), R.describe(cfg))
         # A small training set runs more epochs, to take --train.min_steps optimiser steps at least; after a
         # contrastive stage the head starts fitted and --train.epochs are enough (sentilora.contrastive).
         floor = 0 if self.contrastive_steps else t.min_steps
@@ -451,7 +459,7 @@ class Trainer:
                    "steps": state.step, "train_samples": len(self.train_ids) * len(state.history),
                    "train_seconds": round(state.train_seconds, 2), "trainable_params": self.n_trainable,
                    "device": str(s.device), "precision": str(s.dtype or "fp32").replace("torch.", ""),
-                   "world_size": dd.world_size}
+                   "world_size": dd.world_size, "recipe": s.recipe.name}
 
         def write_bundle() -> None:
             M.load_trainable_state(s.model, self.best_weights)  # the bundle holds the best epoch, not the last

@@ -85,9 +85,10 @@ def validate(model, ids, labels, pad_id, device, dtype, cfg: Config,
 
 def _metrics(logits: np.ndarray, labels, cfg: Config) -> dict[str, float]:
     if not np.isfinite(logits).all():
+        now = f" (now {cfg.train.lr:g})" if cfg.train.lr is not None else ""
         raise SentiloraError(
             "training diverged: the model's outputs on the validation texts are NaN or infinite. "
-            f"Lower --train.lr (now {cfg.train.lr:g}), or train with --train.precision fp32."
+            f"Lower --train.lr{now}, or train with --train.precision fp32."
         )
     m = compute_metrics(np.asarray(labels), softmax(logits, axis=1), n_classes=logits.shape[1])
     keep = ("accuracy", "f1", "loss")

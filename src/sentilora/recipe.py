@@ -1,0 +1,76 @@
+"""`--preset auto` (the default): settings left unset are chosen from the training data.
+
+One table, measured on validation data (bench/recipes.py on a CPU, bench/recipes_gpu.py on a lent
+GPU; README: 'Which setting for which data'). Only the settings a user leaves unset are filled in:
+a flag or a YAML key always wins, and each setting is decided on its own, so `--train.epochs 4`
+on SST-5 keeps the rest of the short-text recipe.
+
+| training data                                       | LoRA on      | rank | lr   | epochs |
+| --------------------------------------------------- | ------------ | ---- | ---- | ------ |
+| many short texts: MANY_TEXTS+, median <= SHORT_TOKENS | every linear | 16   | 1e-3 | 2      |
+| anything else (tuned on 1,000 IMDB reviews)         | query, value | 8    | 2e-3 | 6      |
+
+--lora.alpha left unset is twice the rank. The small-data rules (a contrastive stage under 40 short
+texts per class, the --train.min_steps floor, no hold-out under 1,000 rows) live with the code they
+steer: sentilora.contrastive.auto_steps, sentilora.train and sentilora.data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from sentilora.config import Config
+
+SHORT_TOKENS = 64  # median tokens per training text: SST sentences are ~25, IMDB reviews ~230
+# Training texts (after the validation carve-out). Measured at 6,228 (SST-2) and 7,690 (SST-5); bench/
+# recipes.py's *-short-recipe groups check 1,800 (SST-2 at 1,000 per class, SST-5 at 400 per class).
+MANY_TEXTS = 1_800
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    targets: str | None  # a --lora.target_modules preset; None: the architecture's default (query, value)
+    r: int
+    lr: float
+    epochs: int
+    why: str
+
+
+STANDARD = Recipe("standard", None, 8, 2e-3, 6, "tuned on 1,000 IMDB reviews")
+MANY_SHORT = Recipe(
+    "many short texts", "all", 16, 1e-3, 2,
+    "SST-5 validation 0.497 against 0.461 for the standard recipe (bench/recipes_gpu.py); at lr 2e-3 one of "
+    "two draws diverged, and a third epoch lost 2 points")
+
+
+def choose(lengths: Sequence[int]) -> Recipe:
+    """The table's row for training texts of these token lengths."""
+    if len(lengths) >= MANY_TEXTS and float(np.median(lengths)) <= SHORT_TOKENS:
+        return MANY_SHORT
+    return STANDARD
+
+
+def resolve(cfg: Config, lengths: Sequence[int], *, has_presets: bool = True) -> tuple[Config, Recipe]:
+    """`cfg` with every unset recipe setting filled from `choose(lengths)`, and the row used.
+    `has_presets`: whether the architecture defines the named --lora.target_modules sets (else its
+    default targets stay)."""
+    recipe = choose(lengths)
+    lora, train = cfg.lora, cfg.train
+    r = lora.r if lora.r is not None else recipe.r
+    targets = lora.target_modules or ([recipe.targets] if recipe.targets and has_presets else None)
+    lora = dataclasses.replace(lora, r=r, alpha=lora.alpha if lora.alpha is not None else 2 * r, target_modules=targets)
+    train = dataclasses.replace(train, lr=train.lr if train.lr is not None else recipe.lr,
+                                epochs=train.epochs if train.epochs is not None else recipe.epochs)
+    return dataclasses.replace(cfg, lora=lora, train=train), recipe
+
+
+def describe(cfg: Config) -> str:
+    """The recipe settings of a resolved `cfg`, for a log line."""
+    lora, train = cfg.lora, cfg.train
+    where = ",".join(lora.target_modules) if lora.target_modules else "qv"
+    return f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs"

@@ -1,0 +1,55 @@
+"""--preset auto: the settings a user leaves unset follow the training data (sentilora.recipe)."""
+
+from __future__ import annotations
+
+import logging
+
+import yaml
+from conftest import tiny_config
+
+from sentilora import recipe as R
+from sentilora.config import Config
+from sentilora.train import train
+
+SHORT, LONG = [25] * R.MANY_TEXTS, [230] * R.MANY_TEXTS
+
+
+def _recipe_of(cfg: Config) -> tuple:
+    return cfg.lora.target_modules, cfg.lora.r, cfg.lora.alpha, cfg.train.lr, cfg.train.epochs
+
+
+def test_many_short_texts_get_lora_on_every_linear_layer_and_two_epochs():
+    cfg, recipe = R.resolve(Config(), SHORT)
+    assert recipe is R.MANY_SHORT and _recipe_of(cfg) == (["all"], 16, 32, 1e-3, 2)
+
+
+def test_long_or_few_texts_keep_the_standard_recipe():
+    for lengths in (LONG, SHORT[:-1]):
+        cfg, recipe = R.resolve(Config(), lengths)
+        assert recipe is R.STANDARD and _recipe_of(cfg) == (None, 8, 16, 2e-3, 6)
+
+
+def test_each_setting_the_user_gives_wins_on_its_own():
+    given = Config().override({"train.epochs": 4, "lora.r": 32})
+    cfg, _ = R.resolve(given, SHORT)
+    assert _recipe_of(cfg) == (["all"], 32, 64, 1e-3, 4)  # alpha follows the given rank
+    cfg, _ = R.resolve(Config().override({"lora.target_modules": "qv", "lora.alpha": 8, "train.lr": 3e-3}), SHORT)
+    assert _recipe_of(cfg) == (["qv"], 16, 8, 3e-3, 2)
+
+
+def test_an_architecture_without_named_target_sets_keeps_its_default_targets():
+    cfg, recipe = R.resolve(Config(), SHORT, has_presets=False)
+    assert recipe is R.MANY_SHORT and cfg.lora.target_modules is None and cfg.lora.r == 16
+
+
+def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(R, "MANY_TEXTS", 30)  # the tiny data set (36 training texts of ~10 tokens) counts as many
+    train_csv, test_csv = dataset()
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv).override(
+        {"train.epochs": None, "train.lr": None, "lora.r": None, "lora.target_modules": None})
+    with caplog.at_level(logging.INFO, logger="sentilora.train"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["lora"]["target_modules"], saved["lora"]["r"], saved["lora"]["alpha"]) == (["all"], 16, 32)
+    assert (saved["train"]["lr"], saved["train"]["epochs"]) == (1e-3, 2) and len(result.history) == 2
+    assert "short training texts" in caplog.text and "LoRA r16 (alpha 32) on all, lr 0.001, 2 epochs" in caplog.text
