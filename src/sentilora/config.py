@@ -251,7 +251,7 @@ class Config:
 # train_imdb-p1*.json, MiniLM on 1,000 IMDB reviews, 2-core CPU). Applied before --config and flags.
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "auto": ({}, "the LoRA rank, targets, learning rate and epochs you leave unset follow the training data "
-                 "(1,800+ texts of median 64 tokens or fewer: r16 on every linear layer, lr 1e-3, 2 epochs; "
+                 "(1,000+ training texts of median 64 tokens or fewer: r16 on every linear layer, lr 1e-3, 2 epochs; "
                  "otherwise r8 on query and value, lr 2e-3, 6 epochs)"),
     "fast": ({"lora.layers": 2, "train.epochs": 3, "train.cache_prefix": True},
              "LoRA in the top 2 layers, frozen lower layers computed once, 3 epochs: "
