@@ -370,6 +370,7 @@ SST_DIR = Path(os.environ.get("SENTILORA_SST_DIR") or REPO_ROOT / ".." / "shared
 SST2_CLASS_NAMES = ["negative", "positive"]
 SST5_CLASS_NAMES = ["very negative", "negative", "neutral", "positive", "very positive"]
 SUITE_DATASETS = ("imdb", "p3", "sst2", "sst5")
+FULL_TRAIN_ROWS = {"imdb": 25_000, "p3": 25_000, "sst2": 6_920, "sst5": 8_544}  # official train splits
 CLASS_NAMES = {"imdb": BINARY_NAMES, "p3": P3_CLASS_NAMES, "sst2": SST2_CLASS_NAMES, "sst5": SST5_CLASS_NAMES}
 
 
@@ -439,7 +440,8 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     out = recipe.resolve(cfg, [length] * min(texts, recipe.MANY_TEXTS))[0].to_dict()
     # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
     # 500-999 training rows), the key keeps the old value and the cell its result.
-    carve = per_class * classes * out["data"]["val_fraction"] if per_class is not None else float("inf")
+    rows = per_class * classes if per_class is not None else FULL_TRAIN_ROWS[dataset]
+    carve = rows * out["data"]["val_fraction"]
     if (carve < out["data"]["min_held_out"]) == (carve < 50):
         out["data"]["min_held_out"] = 50
     steps = out["train"].get("contrastive_steps")
