@@ -433,15 +433,13 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
 
     classes = len(CLASS_NAMES[dataset])
     length = 25 if dataset in ("sst2", "sst5") else 230
-    texts = per_class * classes if per_class is not None else 10**6  # every full set is over recipe.MANY_TEXTS
     cfg = Config.from_dict(resolved)
-    if per_class is not None and per_class * classes * cfg.data.val_fraction >= cfg.data.min_held_out:
-        texts -= round(per_class * classes * cfg.data.val_fraction)
+    rows = per_class * classes if per_class is not None else FULL_TRAIN_ROWS[dataset]
+    carve = rows * cfg.data.val_fraction
+    texts = rows - (round(carve) if carve >= cfg.data.min_held_out else 0)  # what the trainer trains on
     out = recipe.resolve(cfg, [length] * min(texts, recipe.MANY_TEXTS))[0].to_dict()
     # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
     # 500-999 training rows), the key keeps the old value and the cell its result.
-    rows = per_class * classes if per_class is not None else FULL_TRAIN_ROWS[dataset]
-    carve = rows * out["data"]["val_fraction"]
     if (carve < out["data"]["min_held_out"]) == (carve < 50):
         out["data"]["min_held_out"] = 50
     steps = out["train"].get("contrastive_steps")

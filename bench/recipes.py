@@ -44,7 +44,7 @@ def _logistic_head_variants(*steps: int) -> dict[str, dict[str, Any]]:
 OLD_RECIPE = {"lora.target_modules": ["qv"], "lora.r": 8, "lora.alpha": 16, "train.lr": 2e-3, "train.epochs": 6,
               "train.select_metric": "accuracy"}
 SHORT_RECIPE = {"lora.target_modules": ["all"], "lora.r": 16, "lora.alpha": 32, "train.lr": 1e-3, "train.epochs": 2,
-                "train.select_metric": "accuracy"}  # the first short-text row; --preset auto's now selects by loss
+                "train.select_metric": "accuracy"}  # --preset auto's row for 1,000+ short texts
 
 # group -> (data set, labels per class or None for all, seeds, {variant: overrides})
 GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, Any]]]] = {
@@ -143,6 +143,11 @@ def data(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     return {"imdb": _imdb, "sst5": _sst5, "sst2": _sst2}[dataset]()
 
 
+def draw(train: pd.DataFrame, per_class: int | None, seed: int) -> pd.DataFrame:
+    """A cell's training rows: `per_class` of each label (seeded), or all of them."""
+    return train.groupby("label", group_keys=False).sample(n=per_class, random_state=seed) if per_class else train
+
+
 def _write(df: pd.DataFrame, path: Path) -> Path:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +160,7 @@ def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, An
          cached_only: bool = False) -> dict[str, Any] | None:
     """Train and score one cell in a subprocess (its own peak RSS); cached."""
     train, val, names = data(dataset)
-    if per_class is not None:
-        train = train.groupby("label", group_keys=False).sample(n=per_class, random_state=seed)
+    train = draw(train, per_class, seed)
     tag = f"{dataset}-{per_class or 'full'}-s{seed}"
     train_p, val_p = _write(train, WORK / "data" / f"{tag}-train.parquet"), _write(val, WORK / "data" / f"{dataset}-val.parquet")
     settings = {"model.name": "minilm", "data.source": str(train_p), "data.label_names": ",".join(names),

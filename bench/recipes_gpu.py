@@ -99,7 +99,7 @@ def _tag(dataset: str, per_class: int | None, seed: int) -> str:
 def prepare(out: Path) -> None:
     """Write every draw VARIANTS needs (and each data set's validation/test file) under `out`."""
     from common import sst
-    from recipes import data
+    from recipes import data, draw
 
     out.mkdir(parents=True, exist_ok=True)
     for dataset, per_class, seeds, _ in VARIANTS.values():
@@ -108,8 +108,7 @@ def prepare(out: Path) -> None:
         if dataset.startswith("sst"):
             sst(dataset, "test").to_parquet(out / f"{dataset}-test.parquet", index=False)
         for seed in seeds if per_class else (0,):
-            draw = train.groupby("label", group_keys=False).sample(n=per_class, random_state=seed) if per_class else train
-            draw.to_parquet(out / f"{_tag(dataset, per_class, seed)}-train.parquet", index=False)
+            draw(train, per_class, seed).to_parquet(out / f"{_tag(dataset, per_class, seed)}-train.parquet", index=False)
         (out / f"{dataset}-names.json").write_text(json.dumps(names))
     print(f"prepared {len(list(out.glob('*.parquet')))} files in {out}")
 
@@ -145,15 +144,16 @@ def _cell(job: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run(data: Path, out: Path, workers: int, budget_s: float, only: list[str] | None = None, work: Path | None = None) -> None:
+def run(data: Path, out: Path, workers: int, budget_s: float, only: list[str] | None = None) -> None:
     import torch
+    from common import utc_now
 
     out.mkdir(parents=True, exist_ok=True)
-    rows_path, start = out / "rows.jsonl", time.monotonic()
+    rows_path, start, started = out / "rows.jsonl", time.monotonic(), utc_now()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"torch {torch.__version__}, GPU {gpu}, {workers} workers, budget {budget_s:.0f} s", flush=True)
     threads = max(1, (os.cpu_count() or 2) // workers)
-    base = {"data": str(data), "work": str(work or Path(tempfile.mkdtemp(prefix="recipes-gpu-"))), "threads": threads}
+    base = {"data": str(data), "work": tempfile.mkdtemp(prefix="recipes-gpu-"), "threads": threads}
     queue = [{**base, "group": g, "variant": v, "dataset": ds, "per_class": pc, "seed": s, "overrides": o}
              for g, (ds, pc, seeds, variants) in VARIANTS.items() if not only or g in only
              for v, o in variants.items() for s in seeds]
@@ -169,7 +169,7 @@ def run(data: Path, out: Path, workers: int, budget_s: float, only: list[str] | 
                 break
             finished, running = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
-                row = {**f.result(), "gpu": gpu}
+                row = {**f.result(), "gpu": gpu, "started": started}
                 done.append(row)
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()

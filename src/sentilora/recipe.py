@@ -72,5 +72,5 @@ def resolve(cfg: Config, lengths: Sequence[int], *, has_presets: bool = True) ->
 def describe(cfg: Config) -> str:
     """The recipe settings of a resolved `cfg`, for a log line."""
     lora, train = cfg.lora, cfg.train
-    where = ",".join(lora.target_modules) if lora.target_modules else "qv"
+    where = ",".join(lora.target_modules) if lora.target_modules else "the architecture's default layers"
     return f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs"
