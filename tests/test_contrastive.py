@@ -94,12 +94,11 @@ def test_head_init_prototypes_keeps_class_means_after_the_stage(tiny_models, dat
     assert "head started from the class means" in caplog.text and "logistic" not in caplog.text
 
 
-def test_unset_runs_the_stage_only_for_few_labels_of_short_texts():
-    assert auto_steps([20] * 32, [0, 1] * 16, 16) == AUTO_MIN_STEPS  # 20 pairs per text would be 40 steps
-    assert auto_steps([20] * 80, [0, 1, 2, 3, 4] * 16, 16) == 100  # SST-5 at 16 per class
-    assert auto_steps([20] * 128, [0, 1] * 64, 16) == 0  # 64 per class: enough labels
-    assert auto_steps([230] * 32, [0, 1] * 16, 16) == 0  # long reviews: the stage costs more than it gains
-    assert auto_steps([20] * 41, [0] * 40 + [1], 16) == 51  # the smallest class decides
+def test_unset_runs_the_stage_only_for_few_labels():
+    assert auto_steps([0, 1] * 16, 16) == AUTO_MIN_STEPS  # 20 pairs per text would be 40 steps
+    assert auto_steps([0, 1, 2, 3, 4] * 16, 16) == 100  # SST-5 at 16 per class
+    assert auto_steps([0, 1] * 64, 16) == 0  # 64 per class: enough labels
+    assert auto_steps([0] * 40 + [1], 16) == 51  # the smallest class decides
 
 
 def test_unset_steps_follow_the_data_and_zero_turns_the_stage_off(tiny_models, dataset, tmp_path, caplog):
@@ -107,7 +106,7 @@ def test_unset_steps_follow_the_data_and_zero_turns_the_stage_off(tiny_models, d
     cfg = tiny_config(tiny_models["distilbert"], train_csv, test_csv, **{"train.contrastive_steps": None, "train.epochs": 1})
     with caplog.at_level(logging.INFO):
         train(cfg, tmp_path / "auto", progress=False)
-    steps = auto_steps([10] * 36, [0, 1] * 18, 8)  # 20 pairs for each of 36 texts, 8 pairs a step
+    steps = auto_steps([0, 1] * 18, 8)  # 20 pairs for each of 36 texts, 8 pairs a step
     assert steps == 90
     assert f"a contrastive stage of {steps} steps first" in caplog.text
     assert f"contrastive stage: {steps} steps" in caplog.text

@@ -77,6 +77,15 @@ def test_folder_of_split_files_with_named_validation(tmp_path: Path) -> None:
     assert data.splits["validation"].texts[0] == 'dev 0, a "quoted" text'
 
 
+def test_a_validation_file_is_used_before_a_carve_out(tmp_path: Path) -> None:
+    write_table(frame(20), tmp_path / "d" / "train.csv")
+    write_table(frame(6, prefix="val"), tmp_path / "d" / "validation.csv")
+    data = load_data(DataConfig(source=str(tmp_path / "d"), val_fraction=0.5, min_held_out=0), need=("train", "validation"))
+    assert len(data.splits["train"].texts) == 20  # nothing carved out of train
+    assert data.splits["validation"].origin.endswith("validation.csv")
+    assert all(t.startswith("val ") for t in data.splits["validation"].texts)
+
+
 def test_aclimdb_folder(tmp_path: Path) -> None:
     files = {
         f"acl/{split}/{cls}/{i}_7.txt": f"{split} {cls} {i}"

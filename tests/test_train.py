@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -360,3 +361,25 @@ def test_replans_follow_the_step_rate_up_and_down_to_the_first_plan():
     assert plan.total == 1000 and plan(1000) == 0.0 and at > 0
     values = [plan(s) for s in range(65, 1001)]
     assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_ordinal_smoothing_trains_on_soft_targets(tiny_models, dataset, tmp_path, caplog):
+    from sentilora.train_step import ordinal_targets
+
+    assert ordinal_targets(5, 0.4)[2].tolist() == pytest.approx([0, 0.2, 0.6, 0.2, 0])
+    assert ordinal_targets(5, 0.4)[0].tolist() == pytest.approx([0.6, 0.4, 0, 0, 0])  # an end class has one neighbour
+    assert ordinal_targets(2, 0.4) is None and ordinal_targets(5, 0.0) is None
+    train_csv, test_csv = dataset(("negative", "neutral", "positive"))
+    first_loss = {}
+    for smoothing in (0.0, 0.3):
+        run = tmp_path / f"s{smoothing}"
+        cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.ordinal_smoothing": smoothing, "train.epochs": 1})
+        train(cfg, run, progress=False)
+        first_loss[smoothing] = json.loads((run / "train_log.jsonl").read_text().splitlines()[0])["loss"]
+    # Same seed, weights and first batch: only the targets differ.
+    assert first_loss[0.3] != pytest.approx(first_loss[0.0], rel=1e-4)
+    binary_csv, binary_test = dataset()
+    with caplog.at_level(logging.WARNING):
+        train(tiny_config(tiny_models["bert"], binary_csv, binary_test, **{"train.ordinal_smoothing": 0.3, "train.epochs": 1}),
+              tmp_path / "binary", progress=False)
+    assert "needs 3 or more ordered classes" in caplog.text

@@ -105,9 +105,10 @@ class DataConfig:
     )
     train_split: str = _f("train", "Name of the training split.")
     validation_split: str | None = _f(
-        None, "Named split for per-epoch validation; unset = carve --data.val_fraction from train (stratified)."
+        None, "Named split for per-epoch validation. Unset: the data's 'validation' split if it has one (a "
+        "validation.csv beside train.csv, a hub dataset's), else --data.val_fraction carved from train (stratified)."
     )
-    val_fraction: float = _f(0.1, "Share of train held out for validation when no validation split is named.")
+    val_fraction: float = _f(0.1, "Share of train held out for validation when the data has no validation split.")
     min_held_out: int = _f(
         100, "Hold nothing out when the carve-out would be smaller than this (under 1,000 rows at 10%): a "
         "few texts only add noise to the best-epoch choice, and a small training set needs them all. "
@@ -135,11 +136,13 @@ class TrainConfig:
         None, "Steps of a SetFit-style stage before classification: pairs of training texts, one class or "
         "two, pulled together or apart on the LoRA weights; then the head starts as a logistic regression "
         "on the new embeddings (class means under --model.head_init prototypes) and --train.epochs "
-        "follow. Unset: when the smallest class has under 40 texts and the median text is 64 tokens or "
-        "less (short texts, few labels), 20 pairs per training text (50 steps at least), else none. "
-        "0 = never.")
+        "follow. Unset: when the smallest class has under 40 texts (few labels, short texts or long), "
+        "20 pairs per training text (50 steps at least), else none. 0 = never.")
     lr: float | None = _f(None, "Peak learning rate (AdamW), linear warm-up then linear decay. Unset: 2e-3, or "
                                 "1e-3 for many short texts (--preset auto).")
+    ordinal_smoothing: float = _f(
+        0.0, "For ordered classes (a rating scale: 'very negative' .. 'very positive'; 3 or more classes): "
+        "the training target keeps 1 - this on the true class and gives the rest to its neighbours. 0 = off.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
@@ -430,6 +433,8 @@ def _range_problems(cfg: Config) -> list[str]:
         (cfg.train.contrastive_steps is None or cfg.train.contrastive_steps >= 0,
          "--train.contrastive_steps must be 0 (off) or more (or unset for the data-size rule)."),
         (cfg.train.lr is None or cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4 (or unset)."),
+        (0.0 <= cfg.train.ordinal_smoothing < 0.5,
+         "--train.ordinal_smoothing must be in [0, 0.5): at 0.5 an end class would give its neighbour as much as itself."),
         (cfg.train.weight_decay >= 0, "--train.weight_decay must be 0 or more."),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "--train.warmup_ratio must be in [0, 1)."),
         (cfg.train.max_grad_norm >= 0, "--train.max_grad_norm must be 0 (off) or more."),

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 IMDB_SAMPLE = "imdb-sample"
 SPLITS = ("train", "validation", "test")
+DEFAULT_VALIDATION = "validation"  # a source's split of this name validates when --data.validation_split is unset
 _FILE_LIKE = (*FORMATS, ".xlsx", ".xls", ".gz", ".zip", ".arrow", ".feather", ".ndjson", ".pkl")
 _MISSING_WORDS = {"na", "n/a", "nan", "null", "none"}  # label cells that mean "no label"
 
@@ -349,14 +350,18 @@ def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: lis
     if unknown := [s for s in need if s not in SPLITS]:
         raise ValueError(f"need: unknown split(s) {unknown}; choose among {', '.join(SPLITS)}.")
     source = _resolve(cfg)
-    carve = "validation" in need and cfg.validation_split is None
+    val_split = cfg.validation_split
+    if val_split is None and "validation" in need and DEFAULT_VALIDATION in source.available():
+        val_split = DEFAULT_VALIDATION  # the data's own validation split, rather than a carve-out of train
+        log.info("validating on %s's '%s' split (name another with --data.validation_split)", source.name, val_split)
+    carve = "validation" in need and val_split is None
     tables: dict[str, _Table] = {}
     if "train" in need or carve:
         tables["train"] = _get(source, cfg.train_split, "--data.train_split", "Set {flag} to one of these.")
     if "validation" in need and not carve:
         tables["validation"] = _get(
             source,
-            cfg.validation_split,
+            val_split,
             "--data.validation_split",
             "Set {flag} to one of these, or unset it to carve --data.val_fraction from train.",
         )

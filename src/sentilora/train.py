@@ -230,6 +230,10 @@ class Trainer:
         self.cfg = cfg = s.cfg
         self.t = t = cfg.train
         self.train_ids, self.train_y = s.enc["train"], s.data.splits["train"].labels
+        self.targets = S.ordinal_targets(len(s.data.label_names), t.ordinal_smoothing)
+        if t.ordinal_smoothing and self.targets is None and dd.is_main and not resume:
+            log.warning("--train.ordinal_smoothing needs 3 or more ordered classes; with %d it is ignored",
+                        len(s.data.label_names))
         self.lengths = [len(x) for x in self.train_ids]
         self.pad_id = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
         # --train.batch_size is per process: a step takes a global batch of world x batch_size texts and
@@ -237,9 +241,9 @@ class Trainer:
         self.global_batch = t.batch_size * dd.world_size
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
         self.contrastive_steps = (t.contrastive_steps if t.contrastive_steps is not None
-                                  else auto_steps(self.lengths, self.train_y, t.batch_size))
+                                  else auto_steps(self.train_y, t.batch_size))
         if self.contrastive_steps and t.contrastive_steps is None and dd.is_main and not resume:
-            log.info("few labels of short texts: a contrastive stage of %d steps first (--train.contrastive_steps 0 skips it)",
+            log.info("few labels per class: a contrastive stage of %d steps first (--train.contrastive_steps 0 skips it)",
                      self.contrastive_steps)
         if s.recipe is R.MANY_SHORT and dd.is_main and not resume:
             log.info("%d short training texts (median %d tokens): %s (--preset auto; flags override each)",
@@ -354,7 +358,7 @@ class Trainer:
         s, t, state, dd = self.s, self.t, self.state, self.dd
         loss = S.optim_step(s.model, group, self.train_ids, self.train_y, self.pad_id, s.device, s.dtype, self.optim,
                             self.sched, self.scaler, self.params, t.max_grad_norm, prefix=s.prefix,
-                            hidden=self.cache.get("train"), dd=dd, bucket_limit=s.positions)
+                            hidden=self.cache.get("train"), dd=dd, bucket_limit=s.positions, targets=self.targets)
         state.step += 1
         if dd.is_main:
             with open(self.out_dir / C.TRAIN_LOG, "a") as f:

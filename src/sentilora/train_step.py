@@ -22,8 +22,10 @@ from sentilora.prefix import FrozenPrefix
 
 def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, scaler, params, max_norm,
                 prefix: FrozenPrefix | None = None, hidden: list[torch.Tensor] | None = None,
-                dd: D.Dist = D.SINGLE, bucket_limit: int | None = None) -> float:
+                dd: D.Dist = D.SINGLE, bucket_limit: int | None = None, targets: torch.Tensor | None = None) -> float:
     """One optimiser step over `group` (grad_accum global batches); returns the step's mean loss.
+    `targets` (classes x classes), if given, replaces each label by its row: a soft target distribution
+    (`ordinal_targets`).
     With `bucket_limit` (the model's position limit) batches are padded to bucket widths
     (`batching.bucket_width`: steady memory from step to step).
 
@@ -46,7 +48,8 @@ def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, s
             else:
                 logits = model(**batch).logits
         # Loss in fp32, weighted by batch share so accumulation equals one big batch.
-        loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / n
+        goal = y if targets is None else targets.to(device)[y]
+        loss = torch.nn.functional.cross_entropy(logits.float(), goal, reduction="sum") / n
         scaler.scale(loss).backward()
         total += loss.item()
     # Before unscaling and clipping, so every process clips and steps on the same summed gradient.
@@ -59,6 +62,20 @@ def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, s
     sched.step()
     optim.zero_grad(set_to_none=True)
     return total
+
+
+def ordinal_targets(classes: int, smoothing: float) -> torch.Tensor | None:
+    """Soft targets for ordered classes (--train.ordinal_smoothing): the true class keeps 1 - smoothing,
+    the rest goes to its neighbours one step away (split between two, all of it to the one neighbour
+    of an end class). None when off."""
+    if not smoothing or classes < 3:
+        return None
+    out = torch.zeros(classes, classes)
+    for c in range(classes):
+        near = [k for k in (c - 1, c + 1) if 0 <= k < classes]
+        out[c, c] = 1.0 - smoothing
+        out[c, near] = smoothing / len(near)
+    return out
 
 
 def validate(model, ids, labels, pad_id, device, dtype, cfg: Config,
