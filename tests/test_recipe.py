@@ -12,6 +12,8 @@ from sentilora.config import Config
 from sentilora.train import train
 
 SHORT, LONG = [25] * R.MANY_TEXTS, [230] * R.MANY_TEXTS
+BINARY = ["negative", "positive"]
+SST5 = ["very negative", "negative", "neutral", "positive", "very positive"]
 
 
 def _recipe_of(cfg: Config) -> tuple:
@@ -19,27 +21,42 @@ def _recipe_of(cfg: Config) -> tuple:
 
 
 def test_many_short_texts_get_lora_on_every_linear_layer_and_two_epochs():
-    cfg, recipe = R.resolve(Config(), SHORT)
+    cfg, recipe = R.resolve(Config(), SHORT, BINARY)
     assert recipe is R.MANY_SHORT and _recipe_of(cfg) == (["all"], 16, 32, 1e-3, 2)
 
 
 def test_long_or_few_texts_keep_the_standard_recipe():
     for lengths in (LONG, SHORT[:-1]):
-        cfg, recipe = R.resolve(Config(), lengths)
+        cfg, recipe = R.resolve(Config(), lengths, BINARY)
         assert recipe is R.STANDARD and _recipe_of(cfg) == (None, 8, 16, 2e-3, 6)
 
 
 def test_each_setting_the_user_gives_wins_on_its_own():
     given = Config().override({"train.epochs": 4, "lora.r": 32})
-    cfg, _ = R.resolve(given, SHORT)
+    cfg, _ = R.resolve(given, SHORT, BINARY)
     assert _recipe_of(cfg) == (["all"], 32, 64, 1e-3, 4)  # alpha follows the given rank
-    cfg, _ = R.resolve(Config().override({"lora.target_modules": "qv", "lora.alpha": 8, "train.lr": 3e-3}), SHORT)
+    cfg, _ = R.resolve(Config().override({"lora.target_modules": "qv", "lora.alpha": 8, "train.lr": 3e-3}), SHORT, BINARY)
     assert _recipe_of(cfg) == (["qv"], 16, 8, 3e-3, 2)
 
 
 def test_an_architecture_without_named_target_sets_keeps_its_default_targets():
-    cfg, recipe = R.resolve(Config(), SHORT, has_presets=False)
+    cfg, recipe = R.resolve(Config(), SHORT, BINARY, has_presets=False)
     assert recipe is R.MANY_SHORT and cfg.lora.target_modules is None and cfg.lora.r == 16
+
+
+def test_a_few_short_texts_on_the_sentiment_scale_get_ordinal_smoothing():
+    def smoothing(lengths, names, cfg=Config()):
+        return R.resolve(cfg, lengths, names)[0].train.ordinal_smoothing
+
+    few = SHORT[:-1]
+    assert smoothing(few, SST5) == R.ORDINAL_SMOOTHING
+    assert smoothing(few, ["negative", "neutral", "positive"]) == R.ORDINAL_SMOOTHING
+    assert smoothing(SHORT, SST5) == 0  # many texts: it lost on full SST-5
+    assert smoothing(LONG[:-1], SST5) == 0  # long reviews: it lost on P3
+    assert smoothing(few, BINARY) == 0
+    assert smoothing(few, ["sports", "politics", "music"]) == 0  # no order
+    assert smoothing(few, ["1", "2", "3", "4", "5"]) == 0  # numbers may be ids
+    assert smoothing(few, SST5, Config().override({"train.ordinal_smoothing": 0.0})) == 0  # the user's 0 wins
 
 
 def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path, monkeypatch, caplog):
@@ -52,4 +69,5 @@ def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path,
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (saved["lora"]["target_modules"], saved["lora"]["r"], saved["lora"]["alpha"]) == (["all"], 16, 32)
     assert (saved["train"]["lr"], saved["train"]["epochs"]) == (1e-3, 2) and len(result.history) == 2
+    assert saved["train"]["ordinal_smoothing"] == 0  # two classes
     assert "short training texts" in caplog.text and "LoRA r16 (alpha 32) on all, lr 0.001, 2 epochs" in caplog.text

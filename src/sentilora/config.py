@@ -140,9 +140,10 @@ class TrainConfig:
         "20 pairs per training text (50 steps at least), else none. 0 = never.")
     lr: float | None = _f(None, "Peak learning rate (AdamW), linear warm-up then linear decay. Unset: 2e-3, or "
                                 "1e-3 for many short texts (--preset auto).")
-    ordinal_smoothing: float = _f(
-        0.0, "For ordered classes (a rating scale: 'very negative' .. 'very positive'; 3 or more classes): "
-        "the training target keeps 1 - this on the true class and gives the rest to its neighbours. 0 = off.")
+    ordinal_smoothing: float | None = _f(
+        None, "For ordered classes (a rating scale: 'very negative' .. 'very positive'; 3 or more classes): "
+        "the training target keeps 1 - this on the true class and gives the rest to its neighbours. Unset: "
+        "0.2 for under 1,000 short texts whose classes are on the sentiment scale (--preset auto), else 0 (off).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
@@ -433,7 +434,7 @@ def _range_problems(cfg: Config) -> list[str]:
         (cfg.train.contrastive_steps is None or cfg.train.contrastive_steps >= 0,
          "--train.contrastive_steps must be 0 (off) or more (or unset for the data-size rule)."),
         (cfg.train.lr is None or cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4 (or unset)."),
-        (0.0 <= cfg.train.ordinal_smoothing < 0.5,
+        (cfg.train.ordinal_smoothing is None or 0.0 <= cfg.train.ordinal_smoothing < 0.5,
          "--train.ordinal_smoothing must be in [0, 0.5): at 0.5 an end class would give its neighbour as much as itself."),
         (cfg.train.weight_decay >= 0, "--train.weight_decay must be 0 or more."),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "--train.warmup_ratio must be in [0, 1)."),

@@ -35,6 +35,13 @@ def natural_order(names: list[str]) -> list[str]:
     return [n for _, n in sorted(zip(keys, alphabetical))]
 
 
+def on_sentiment_scale(names: list[str]) -> bool:
+    """Whether the classes are 3 or more distinct points of the sentiment scale ("very negative" ..
+    "very positive"): ordered classes whose neighbours are alike. Numbers are left out (they may be ids)."""
+    keys = [_rank(n) for n in names]
+    return len(names) >= 3 and all(k is not None and k[0] == "sentiment" for k in keys) and len(set(keys)) == len(keys)
+
+
 def _rank(name: str) -> tuple[str, float] | None:
     """(scale, position on it) for a class name on a known scale, else None."""
     n = name.strip().lower()

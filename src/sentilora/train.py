@@ -146,7 +146,7 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
         if n is not None and n > positions:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
     enc = {s: encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
-    cfg, recipe = R.resolve(cfg, [len(x) for x in enc["train"]], has_presets=M.has_target_presets(base))
+    cfg, recipe = R.resolve(cfg, [len(x) for x in enc["train"]], data.label_names, has_presets=M.has_target_presets(base))
     targets = M.target_modules(base, cfg.lora.target_modules)
     if cfg.model.head_init != "random":
         H.init_head(base, enc["train"], data.splits["train"].labels, how=cfg.model.head_init,
@@ -231,9 +231,13 @@ class Trainer:
         self.t = t = cfg.train
         self.train_ids, self.train_y = s.enc["train"], s.data.splits["train"].labels
         self.targets = S.ordinal_targets(len(s.data.label_names), t.ordinal_smoothing)
-        if t.ordinal_smoothing and self.targets is None and dd.is_main and not resume:
-            log.warning("--train.ordinal_smoothing needs 3 or more ordered classes; with %d it is ignored",
-                        len(s.data.label_names))
+        if t.ordinal_smoothing and dd.is_main and not resume:
+            if self.targets is None:
+                log.warning("--train.ordinal_smoothing needs 3 or more ordered classes; with %d it is ignored",
+                            len(s.data.label_names))
+            else:
+                log.info("ordered classes (%s): each training target gives %g to the neighbouring classes "
+                         "(--train.ordinal_smoothing 0 turns it off)", " < ".join(s.data.label_names), t.ordinal_smoothing)
         self.lengths = [len(x) for x in self.train_ids]
         self.pad_id = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
         # --train.batch_size is per process: a step takes a global batch of world x batch_size texts and
