@@ -56,6 +56,7 @@ def test_a_few_short_texts_on_the_sentiment_scale_get_ordinal_smoothing():
     assert smoothing(few, BINARY) == 0
     assert smoothing(few, ["sports", "politics", "music"]) == 0  # no order
     assert smoothing(few, ["1", "2", "3", "4", "5"]) == 0  # numbers may be ids
+    assert smoothing(few, ["positive", "negative", "neutral"]) == 0  # named out of order: neighbours are not alike
     assert smoothing(few, SST5, Config().override({"train.ordinal_smoothing": 0.0})) == 0  # the user's 0 wins
 
 

@@ -37,9 +37,12 @@ def natural_order(names: list[str]) -> list[str]:
 
 def on_sentiment_scale(names: list[str]) -> bool:
     """Whether the classes are 3 or more distinct points of the sentiment scale ("very negative" ..
-    "very positive"): ordered classes whose neighbours are alike. Numbers are left out (they may be ids)."""
+    "very positive"), in that order, so that neighbouring indices are neighbouring classes. Numbers are
+    left out (they may be ids)."""
     keys = [_rank(n) for n in names]
-    return len(names) >= 3 and all(k is not None and k[0] == "sentiment" for k in keys) and len(set(keys)) == len(keys)
+    if len(names) < 3 or any(k is None or k[0] != "sentiment" for k in keys):
+        return False
+    return all(a[1] < b[1] for a, b in zip(keys, keys[1:]))
 
 
 def _rank(name: str) -> tuple[str, float] | None:

@@ -11,8 +11,8 @@ on SST-5 keeps the rest of the short-text recipe.
 | anything else (tuned on 1,000 IMDB reviews)         | query, value | 8    | 2e-3 | 6      |
 
 --lora.alpha left unset is twice the rank. --train.ordinal_smoothing left unset is ORDINAL_SMOOTHING
-for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale (3 or more of "very
-negative" .. "very positive"), else 0. The small-data rules (a contrastive stage under 40
+for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale in its order (3 or more
+of "very negative" .. "very positive"), else 0. The small-data rules (a contrastive stage under 40
 texts per class, the --train.min_steps floor, no hold-out under 1,000 rows) live with the code they
 steer: sentilora.contrastive.auto_steps, sentilora.train and sentilora.data.
 """

@@ -231,6 +231,8 @@ class Trainer:
         self.t = t = cfg.train
         self.train_ids, self.train_y = s.enc["train"], s.data.splits["train"].labels
         self.targets = S.ordinal_targets(len(s.data.label_names), t.ordinal_smoothing)
+        if self.targets is not None:
+            self.targets = self.targets.to(s.device)  # once, not on every batch
         if t.ordinal_smoothing and dd.is_main and not resume:
             if self.targets is None:
                 log.warning("--train.ordinal_smoothing needs 3 or more ordered classes; with %d it is ignored",

@@ -24,8 +24,8 @@ def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, s
                 prefix: FrozenPrefix | None = None, hidden: list[torch.Tensor] | None = None,
                 dd: D.Dist = D.SINGLE, bucket_limit: int | None = None, targets: torch.Tensor | None = None) -> float:
     """One optimiser step over `group` (grad_accum global batches); returns the step's mean loss.
-    `targets` (classes x classes), if given, replaces each label by its row: a soft target distribution
-    (`ordinal_targets`).
+    `targets` (classes x classes, on `device`), if given, replaces each label by its row: a soft target
+    distribution (`ordinal_targets`).
     With `bucket_limit` (the model's position limit) batches are padded to bucket widths
     (`batching.bucket_width`: steady memory from step to step).
 
@@ -48,7 +48,7 @@ def optim_step(model, group, ids, labels, pad_id, device, dtype, optim, sched, s
             else:
                 logits = model(**batch).logits
         # Loss in fp32, weighted by batch share so accumulation equals one big batch.
-        goal = y if targets is None else targets.to(device)[y]
+        goal = y if targets is None else targets[y]
         loss = torch.nn.functional.cross_entropy(logits.float(), goal, reduction="sum") / n
         scaler.scale(loss).backward()
         total += loss.item()
