@@ -92,7 +92,7 @@ def test_every_row_goes_to_one_process_and_steps_are_equal(world, group):
 
 
 COLLECTIVES = '''
-import json, sys
+import json, sys, weakref
 from pathlib import Path
 import torch
 from sentilora.distributed import process_group
@@ -119,7 +119,12 @@ with process_group() as dd:
         except DataError as e:
             res[name] = "DataError: " + str(e)
     res["after"] = dd.broadcast("nobody hung" if dd.is_main else None)
-    Path(sys.argv[1], f"rank{dd.rank}.json").write_text(json.dumps(res))
+    import torch.distributed.nn.functional  # as transformers does while loading a model
+    group = weakref.ref(torch.distributed.group.WORLD)
+
+torch.distributed.destroy_process_group()  # what happens at exit
+res["freed"] = group() is None  # else gloo's threads outlive the interpreter and can abort the exit
+Path(sys.argv[1], f"rank{res['rank']}.json").write_text(json.dumps(res))
 '''
 
 
@@ -137,6 +142,7 @@ def test_collectives_agree_and_errors_reach_every_process(tmp_path):
         assert res["everywhere"] == f"DataError: {where}train.csv row 7, column 'label': missing label."
         assert res["on_main"] == "loaded"  # ran on rank 0 only, where it succeeds
         assert res["after"] == "nobody hung"
+        assert res["freed"]  # the group goes when destroyed, nothing keeps it past the run
 
 
 def test_two_processes_train_like_one(work):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import logging
 import os
 import pickle
@@ -248,6 +249,12 @@ def process_group() -> Iterator[Dist]:
         # gloo, CUDA gradients over NCCL. The training device is known only once the config is read
         # (on resume it comes from the run folder, through this group), so both are set up.
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        # torch.distributed.nn.functional takes `group.WORLD` as a default argument when it is first
+        # imported (transformers imports it while loading a model). Imported after the group exists, it
+        # keeps the group alive past destroy_process_group, so gloo's worker threads outlive the
+        # interpreter and one that drops a finished collective's tensor during shutdown aborts the
+        # process ("terminate called without an active exception"). Imported first, its defaults are None.
+        importlib.import_module("torch.distributed.nn.functional")
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         atexit.register(_leave)
     # The other processes log warnings and errors only: rank 0 speaks for the run.
