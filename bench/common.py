@@ -449,6 +449,10 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     if steps is None and per_class is not None:
         steps = auto_steps(list(range(classes)) * per_class, out["train"]["batch_size"])
     out["train"]["contrastive_steps"] = steps or 0
+    # --train.contrastive_ordinal (added 2026-12-06, fifth session) acts in the stage only: kept where it
+    # runs and is not 0, so every other cell keeps its key.
+    if not steps or not out["train"].get("contrastive_ordinal"):
+        out["train"].pop("contrastive_ordinal", None)
     if not steps:
         del out["train"]["contrastive_steps"]
     else:

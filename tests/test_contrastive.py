@@ -10,7 +10,7 @@ import torch
 from conftest import make_rows, tiny_config
 
 from sentilora import model as M
-from sentilora.contrastive import AUTO_MIN_STEPS, auto_steps, contrastive_stage, draw_pairs
+from sentilora.contrastive import AUTO_MIN_STEPS, auto_steps, contrastive_stage, draw_pairs, ordinal_target
 from sentilora.heads import head_inputs
 from sentilora.errors import ConfigError
 from sentilora.evaluate import evaluate_run
@@ -28,6 +28,17 @@ def test_pairs_are_half_one_class_half_two():
     assert all(labels[i] == labels[j] and i != j for i, j in same)
     assert all(labels[i] != labels[j] for i, j in other)
     assert {labels[i] for i, _, _ in pairs} == {0, 1, 2}  # every class gets drawn
+
+
+def test_ordered_classes_pull_neighbours_closer_than_the_ends():
+    """--train.contrastive_ordinal: on a 5-point scale, neighbours get the target given, the two ends 0."""
+    assert [ordinal_target(d, 5, 0.6) for d in (1, 2, 3, 4)] == pytest.approx([0.6, 0.4, 0.2, 0.0])
+    assert ordinal_target(1, 2, 0.6) == 0.0 and ordinal_target(2, 5, 0.0) == 0.0  # two classes; off
+    labels = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    pairs = draw_pairs(labels, 400, np.random.default_rng(0), neighbour=0.6)
+    other = [(abs(labels[i] - labels[j]), t) for i, j, t in pairs if labels[i] != labels[j]]
+    assert len(other) == 200 and {d: t for d, t in other} == pytest.approx({1: 0.6, 2: 0.4, 3: 0.2, 4: 0.0})
+    assert all(t == 1.0 for i, j, t in pairs if labels[i] == labels[j])
 
 
 def _embeddings(model, ids, pad_id):
@@ -64,6 +75,31 @@ def test_the_stage_pulls_a_class_together_and_pushes_classes_apart(tiny_models, 
     assert after > before + 0.2, (before, after)
 
 
+def test_ordered_classes_end_with_neighbours_closer_than_the_ends(tiny_models):
+    """--train.contrastive_ordinal: after the stage, "negative" texts sit nearer "neutral" ones than
+    "positive" ones do; with SetFit's targets (0) both pairs of classes are pushed apart alike."""
+    names = ["negative", "neutral", "positive"]
+    rows = make_rows(45, names, seed=3)
+    labels = [names.index(x) for x in rows["label"]]
+    tok = M.load_tokenizer(str(tiny_models["bert"]))
+    ids = encode(tok, rows["text"].tolist(), max_length=32, truncation="head_tail")
+    y = torch.tensor(labels)
+
+    def gap(neighbour):  # mean cosine of neighbouring classes minus that of the two ends
+        torch.manual_seed(0)
+        base, new = M.load_base_model(str(tiny_models["bert"]), names, pooling="mean")
+        M.set_dropout(base, 0.0)
+        model = M.add_lora(base, r=4, alpha=8, dropout=0.0, targets=M.target_modules(base, None), heads=M.head_modules(base, new))
+        contrastive_stage(model, ids, labels, steps=300, pairs_per_step=8, lr=3e-2, pad_id=tok.pad_token_id,
+                          device=torch.device("cpu"), dtype=None, seed=0, neighbour=neighbour)
+        e = _embeddings(model, ids, tok.pad_token_id)
+        sim, d = e @ e.T, (y[:, None] - y[None, :]).abs()
+        return (sim[d == 1].mean() - sim[d == 2].mean()).item()
+
+    plain, ordered = gap(0.0), gap(0.6)
+    assert ordered > plain + 0.3 and ordered > 0.3, (plain, ordered)  # here: -0.33 and 0.64
+
+
 def test_one_class_is_refused(tiny_models):
     base, _ = M.load_base_model(str(tiny_models["bert"]), ["a", "b"], pooling="mean")
     with pytest.raises(ConfigError, match="two classes"):
@@ -83,6 +119,15 @@ def test_a_run_with_the_stage_trains_logs_it_and_reloads(tiny_models, dataset, t
     # after it: 2 epochs of 36 texts in batches of 8.
     assert result.steps == len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 10
     assert evaluate_run(tmp_path / "run", baseline=False)["metrics"]["n"] == 24  # the bundle loads and scores
+
+
+def test_contrastive_ordinal_without_a_scale_is_ignored_with_a_warning(tiny_models, dataset, tmp_path, caplog):
+    train_csv, test_csv = dataset()  # two classes
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.contrastive_steps": 2, "train.contrastive_ordinal": 0.4,
+                                                                  "train.epochs": 1})
+    with caplog.at_level(logging.INFO):
+        train(cfg, tmp_path / "run", progress=False)
+    assert "--train.contrastive_ordinal acts in a contrastive stage on 3 or more ordered classes; with 2 classes" in caplog.text
 
 
 def test_head_init_prototypes_keeps_class_means_after_the_stage(tiny_models, dataset, tmp_path, caplog):

@@ -54,9 +54,12 @@ def auto_steps(labels: Sequence[int], pairs_per_step: int) -> int:
     return max(AUTO_MIN_STEPS, round(AUTO_PAIRS_PER_TEXT * len(labels) / pairs_per_step))
 
 
-def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator) -> list[tuple[int, int, float]]:
+def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator, *,
+               neighbour: float = 0.0) -> list[tuple[int, int, float]]:
     """`n` pairs (i, j, target): even positions one class (target 1.0), odd positions two (0.0).
 
+    `neighbour` > 0 is for ordered classes (--train.contrastive_ordinal): two classes next to each
+    other get that target, and it falls linearly to 0 for the two ends of the scale.
     A class with one text pairs it with itself; with one class there are no negative pairs and
     every pair is positive (the caller refuses that case).
     """
@@ -72,8 +75,17 @@ def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator) -> list[
             pairs.append((i, j, 1.0))
         else:
             other = np.flatnonzero(y != y[i])
-            pairs.append((i, int(rng.choice(other)), 0.0))
+            j = int(rng.choice(other))
+            pairs.append((i, j, ordinal_target(abs(int(y[i]) - int(y[j])), int(y.max()) + 1, neighbour)))
     return pairs
+
+
+def ordinal_target(distance: int, classes: int, neighbour: float) -> float:
+    """The similarity target of two classes `distance` apart on a scale of `classes` (0 for SetFit's
+    unordered classes): `neighbour` for neighbours, down to 0 for the two ends."""
+    if neighbour <= 0 or classes < 3:
+        return 0.0
+    return neighbour * max(0, classes - 1 - distance) / (classes - 2)
 
 
 def contrastive_stage(
@@ -91,10 +103,11 @@ def contrastive_stage(
     max_grad_norm: float = 1.0,
     on_step: Callable[[int, float], None] | None = None,
     bucket_limit: int | None = None,
+    neighbour: float = 0.0,
 ) -> float:
     """Train `model`'s trainable weights for `steps` steps on text pairs; returns the last 10 steps'
     mean loss. Its own AdamW and linear warm-up (10%) and decay, so the main schedule is untouched.
-    `bucket_limit` pads batches as training does (`batching.collate`)."""
+    `bucket_limit` pads batches as training does (`batching.collate`); `neighbour`: see `draw_pairs`."""
     if len(set(labels)) < 2:
         raise ConfigError("--train.contrastive_steps needs at least two classes in the training data.")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -108,7 +121,7 @@ def contrastive_stage(
     losses: list[float] = []
     try:
         for step in range(steps):
-            pairs = draw_pairs(labels, pairs_per_step, rng)
+            pairs = draw_pairs(labels, pairs_per_step, rng, neighbour=neighbour)
             order = [i for i, _, _ in pairs] + [j for _, j, _ in pairs]
             batch = {k: v.to(device) for k, v in collate([ids[i] for i in order], pad_id, bucket_limit=bucket_limit).items()}
             target = torch.tensor([t for _, _, t in pairs], device=device)

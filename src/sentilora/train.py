@@ -251,6 +251,12 @@ class Trainer:
         if self.contrastive_steps and t.contrastive_steps is None and dd.is_main and not resume:
             log.info("few labels per class: a contrastive stage of %d steps first (--train.contrastive_steps 0 skips it)",
                      self.contrastive_steps)
+        if t.contrastive_ordinal and dd.is_main and not resume:
+            if len(s.data.label_names) < 3 or not self.contrastive_steps:
+                log.warning("--train.contrastive_ordinal acts in a contrastive stage on 3 or more ordered classes; "
+                            "with %d classes and %d stage steps it is ignored", len(s.data.label_names), self.contrastive_steps)
+            else:
+                log.info("ordered classes in the contrastive stage: neighbours pulled to similarity %g", t.contrastive_ordinal)
         if s.recipe is R.MANY_SHORT and dd.is_main and not resume:
             log.info("%d short training texts (median %d tokens): %s (--preset auto; flags override each)",
                      len(self.train_ids), int(np.median(self.lengths)), R.describe(cfg))
@@ -352,7 +358,7 @@ class Trainer:
             contrastive_stage(s.model, self.train_ids, self.train_y, steps=self.contrastive_steps,
                               pairs_per_step=t.batch_size, lr=t.lr, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
                               seed=t.seed, max_grad_norm=t.max_grad_norm, on_step=lambda _, loss: bar.advance(1, loss=loss),
-                              bucket_limit=s.positions)
+                              bucket_limit=s.positions, neighbour=t.contrastive_ordinal)
         how = "prototypes" if self.cfg.model.head_init == "prototypes" else "logistic"
         H.init_head(s.model, self.train_ids, self.train_y, how=how, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
                     seed=t.seed)
