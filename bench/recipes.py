@@ -134,6 +134,13 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # 0.793 against 0.788, still under the 0.80 goal. Not yet a default: lr 2e-3 is the standard row's, which
     # every cell from 64 per class up (and the stage at 16) uses; a rule for small data needs those cells too.
     "imdb-64-lr": ("imdb", 64, (0, 1, 2), {"default (lr 2e-3)": {}, "lr 1e-3": {"train.lr": 1e-3}}),
+    # ... and the same lr at the other small sizes that use the standard row without the stage, for a size rule.
+    # lr 1e-3 against 2e-3: SST-5 64 0.388 / 0.383 (macro-F1 0.392 / 0.376), SST-2 64 0.781 / 0.775, P3 64
+    # 0.482 / 0.484, IMDB 256 0.856 / 0.861. Gains at 64 per class on short texts and IMDB, losses on P3 and at
+    # 256: no rule adopted yet (a next step: more draws at 64 per class).
+    **{f"{ds}-{n}-lr": (ds, n, seeds, {"default (lr 2e-3)": over, "lr 1e-3": {**over, "train.lr": 1e-3}})
+       for ds, n, seeds, over in (("sst5", 64, (0, 1, 2), {"train.ordinal_smoothing": 0.2}), ("sst2", 64, (0, 1, 2), {}),
+                                  ("p3", 64, (0, 1, 2), {}), ("imdb", 256, (0, 1), {"data.min_held_out": 100}))},
     # Ordered classes: a soft target on the true class's neighbours (--train.ordinal_smoothing).
     **{f"sst5-{n or 'full'}-ordinal": ("sst5", n, seeds, {f"ordinal smoothing {x}" if x else "no ordinal smoothing":
                                                          {"train.ordinal_smoothing": x} for x in (0.0, 0.2, 0.4)})
