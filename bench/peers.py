@@ -242,9 +242,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)  # what a killed earlier attempt left
     t0 = time.perf_counter()
     if system == "sentilora":
-        val_df = None
-        if job["sentilora_overrides"].get("data.validation_split") == "validation":
-            val_df = sst(inp["dataset"], "validation")
+        val_df = sst(inp["dataset"], "validation") if job["official_validation"] else None  # suite.official_validation
         r = sentilora(train_df, test_df, names, overrides=job["sentilora_overrides"], run_dir=run_dir, val_df=val_df)
     elif system == "tfidf":
         r = tfidf(x, y, tx, n_classes=k, seed=inp["seed"])

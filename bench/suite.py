@@ -184,7 +184,8 @@ def ensure_cell(inp: dict[str, Any], work: Path, *, force: bool, fresh: set[str]
            "run_dir": str(work / "runs" / key),
            "code_version": _code_version(), "cpu": _cpu(), "model_dir": model_path("minilm"),
            "embed_tag": cell_key({"embed": peers.EMBED_SETTINGS})[:8],
-           "sentilora_overrides": sentilora_overrides(inp, work) if inp["system"] == "sentilora" else None}
+           "sentilora_overrides": sentilora_overrides(inp, work) if inp["system"] == "sentilora" else None,
+           "official_validation": official_validation(inp)}
     job_file, log = cell_file.with_suffix(".job.json"), cell_file.with_suffix(".log")
     job_file.write_text(json.dumps(job, indent=2, default=str))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

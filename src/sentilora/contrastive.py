@@ -65,6 +65,7 @@ def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator, *,
     """
     y = np.asarray(labels)
     members = {int(c): np.flatnonzero(y == c) for c in np.unique(y)}
+    classes = int(y.max()) + 1  # the scale's length, for ordinal_target
     pairs = []
     for k in range(n):
         i = int(rng.integers(len(y)))
@@ -76,7 +77,7 @@ def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator, *,
         else:
             other = np.flatnonzero(y != y[i])
             j = int(rng.choice(other))
-            pairs.append((i, j, ordinal_target(abs(int(y[i]) - int(y[j])), int(y.max()) + 1, neighbour)))
+            pairs.append((i, j, ordinal_target(abs(int(y[i]) - int(y[j])), classes, neighbour)))
     return pairs
 
 
