@@ -383,3 +383,53 @@ def test_ordinal_smoothing_trains_on_soft_targets(tiny_models, dataset, tmp_path
         train(tiny_config(tiny_models["bert"], binary_csv, binary_test, **{"train.ordinal_smoothing": 0.3, "train.epochs": 1}),
               tmp_path / "binary", progress=False)
     assert "needs 3 or more ordered classes" in caplog.text
+
+
+def test_ema_bundle_holds_the_moving_average(tiny_models, dataset, tmp_path, monkeypatch):
+    """--train.ema: the bundle (and the validation that picks it) gets the weights' moving average,
+    not the last weights. A stand-in optimiser step sets every trainable weight to the step number,
+    so the average is known: after 12 steps the last weights are 12 and the average about 11."""
+    from safetensors.torch import load_file
+
+    from sentilora import train_step
+
+    steps = []
+
+    def set_weights_to_step_number(model, *args, **kwargs):
+        steps.append(len(steps) + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.fill_(float(steps[-1]))
+        return 0.0
+
+    monkeypatch.setattr(train_step, "optim_step", set_weights_to_step_number)
+    train_csv, test_csv = dataset()
+    average = 0.0  # the start's share of it is under 1e-5 after 12 steps of the warm-up below
+    for k in range(1, 13):  # 48 rows, batch 8: 6 steps an epoch, 2 epochs
+        decay = min(0.5, (1 + k) / (10 + k))
+        average = decay * average + (1 - decay) * k
+    for ema, expected in ((0.0, 12.0), (0.5, average)):
+        steps.clear()
+        cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.ema": ema, "data.min_held_out": 10**6})
+        train(cfg, tmp_path / f"ema{ema}", progress=False)
+        assert len(steps) == 12
+        weights = load_file(str(tmp_path / f"ema{ema}" / "adapter" / "adapter_model.safetensors"))
+        assert weights
+        for name, w in weights.items():
+            np.testing.assert_allclose(w.numpy(), expected, atol=1e-4, err_msg=name)
+    assert 10.5 < average < 11.5
+
+
+def test_resume_keeps_the_moving_average(tiny_models, tmp_path):
+    """The average is part of every checkpoint: a run killed mid-way and resumed ends with the
+    uninterrupted run's bundle, not one averaged from the resume onwards."""
+    make_rows(48, ["negative", "positive"], seed=1).to_csv(tmp_path / "train.csv", index=False)
+    make_rows(24, ["negative", "positive"], seed=2).to_csv(tmp_path / "test.csv", index=False)
+    cfg = tiny_config(tiny_models["distilbert"], tmp_path / "train.csv", tmp_path / "test.csv",
+                      **{"train.checkpoint_every": 1, "train.epochs": 3, "train.ema": 0.8})
+    full = train(cfg, tmp_path / "full", progress=False)
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", progress=False, on_step=_crash_at(7))
+    train(cfg, tmp_path / "cut", resume=True, progress=False)
+    _assert_same_run(tmp_path / "cut", full)
