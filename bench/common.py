@@ -453,8 +453,6 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     # runs and is not 0, so every other cell keeps its key.
     if not steps or not out["train"].get("contrastive_ordinal"):
         out["train"].pop("contrastive_ordinal", None)
-    if not out["train"].get("ema"):  # --train.ema (added 2026-12-06, sixth session): off, a cell keeps its key
-        out["train"].pop("ema", None)
     if not steps:
         del out["train"]["contrastive_steps"]
     else:

@@ -42,7 +42,6 @@ def test_none_resets_optional():
         ({"train.epochs": "0"}, "--train.epochs must be at least 1"),
         ({"data.val_fraction": "1.5"}, "--data.val_fraction must be between 0 and 1"),
         ({"train.contrastive_ordinal": "1"}, "--train.contrastive_ordinal must be in [0, 1)"),
-        ({"train.ema": "1"}, "--train.ema must be in [0, 1)"),
         ({"train.precision": "fp16", "train.device": "cpu"}, "fp16 needs a CUDA GPU"),
         ({"train.epochs": "three"}, "--train.epochs must be a whole number; got 'three'"),
     ],

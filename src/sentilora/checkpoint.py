@@ -8,7 +8,6 @@ checkpoint (weights, optimiser and best weights saved at the same step):
 
     run/checkpoint/latest                  "step-00000012-1a2b3c"
     run/checkpoint/step-00000012-1a2b3c/   weights.safetensors  state.pt  best.safetensors
-                                           average.safetensors (--train.ema: the weights' moving average)
 
 Older checkpoints and left-over temporary folders are removed once `latest` has moved on.
 """
@@ -64,9 +63,8 @@ def saved_state(folder: Path) -> RunState:
 
 
 def save(run_dir: Path, model, optim, sched, scaler, state: RunState, best: Tensors | None,
-         dd: D.Dist = D.SINGLE, average: Tensors | None = None) -> None:
-    """Write a new checkpoint (rank 0; every process must call it) and make it the latest. `average`:
-    the moving average of the trainable weights (--train.ema), if one is kept."""
+         dd: D.Dist = D.SINGLE) -> None:
+    """Write a new checkpoint (rank 0; every process must call it) and make it the latest."""
     # Weights, optimiser and schedule are the same on every process; the random state (dropout) is
     # not, so rank 0 stores every process's, each to be restored by its own process.
     rngs = dd.all_gather(_rng_state())
@@ -89,21 +87,17 @@ def save(run_dir: Path, model, optim, sched, scaler, state: RunState, best: Tens
         torch.save(blob, tmp / "state.pt")
         if best is not None:
             save_tensors(tmp / "best.safetensors", best)
-        if average is not None:
-            save_tensors(tmp / "average.safetensors", average)
     atomic_write_text(root / LATEST, name + "\n")  # the commit point
     for old in root.iterdir():
         if old.name not in (LATEST, name):
             remove(old)
 
 
-def load(run_dir: Path, model, optim, sched, scaler,
-         dd: D.Dist = D.SINGLE) -> tuple[RunState, Tensors | None, Tensors | None]:
+def load(run_dir: Path, model, optim, sched, scaler, dd: D.Dist = D.SINGLE) -> tuple[RunState, Tensors | None]:
     """Restore the latest checkpoint into model, optimiser, scheduler, scaler and the random state.
 
-    Returns the loop state, the best weights so far (rank 0 only; None elsewhere or before the
-    first validation) and the weights' moving average (every process; None when none was saved).
-    Also cuts train_log.jsonl back to the checkpoint's step.
+    Returns the loop state and the best weights so far (rank 0 only; None elsewhere or before the
+    first validation). Also cuts train_log.jsonl back to the checkpoint's step.
     """
 
     def read() -> dict[str, Any]:
@@ -113,8 +107,6 @@ def load(run_dir: Path, model, optim, sched, scaler,
         blob["weights"] = load_tensors(folder / "weights.safetensors")
         best = folder / "best.safetensors"
         blob["best"] = load_tensors(best) if best.is_file() else None
-        average = folder / "average.safetensors"
-        blob["average"] = load_tensors(average) if average.is_file() else None
         truncate_log(run_dir / TRAIN_LOG, json.loads(blob["state"])["step"])
         return blob
 
@@ -128,7 +120,7 @@ def load(run_dir: Path, model, optim, sched, scaler,
     torch.set_rng_state(rng["rng"])
     if rng["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda_rng"])
-    return RunState(**json.loads(blob["state"])), blob["best"] if dd.is_main else None, blob["average"]
+    return RunState(**json.loads(blob["state"])), blob["best"] if dd.is_main else None
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -149,10 +149,6 @@ class TrainConfig:
         None, "For ordered classes (a rating scale: 'very negative' .. 'very positive'; 3 or more classes): "
         "the training target keeps 1 - this on the true class and gives the rest to its neighbours. Unset: "
         "0.2 for under 1,000 short texts whose classes are on the sentiment scale (--preset auto), else 0 (off).")
-    ema: float = _f(
-        0.0, "Decay of an exponential moving average of the trained weights (LoRA and head), updated after "
-        "every optimiser step (warming up as (1 + step) / (10 + step) at first); validation, the best "
-        "epoch and the saved model use the average. 0 (default): off.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
@@ -443,7 +439,6 @@ def _range_problems(cfg: Config) -> list[str]:
         (cfg.train.contrastive_steps is None or cfg.train.contrastive_steps >= 0,
          "--train.contrastive_steps must be 0 (off) or more (or unset for the data-size rule)."),
         (cfg.train.lr is None or cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4 (or unset)."),
-        (0.0 <= cfg.train.ema < 1.0, "--train.ema must be in [0, 1): a decay of 1 would never move from the start."),
         (0.0 <= cfg.train.contrastive_ordinal < 1.0,
          "--train.contrastive_ordinal must be in [0, 1): 1 would pull neighbouring classes together as one."),
         (cfg.train.ordinal_smoothing is None or 0.0 <= cfg.train.ordinal_smoothing < 0.5,

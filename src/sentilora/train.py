@@ -16,12 +16,11 @@ side by side; the step maths is `train_step.py`, checkpoints `checkpoint.py`, th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,8 +269,7 @@ class Trainer:
             log.info("%d training texts make %d steps per epoch: %d epochs instead of %d, to take --train.min_steps %d",
                      len(self.train_ids), self.steps_per_epoch, self.epochs, t.epochs, t.min_steps)
         self.total_steps = total_steps = self.steps_per_epoch * self.epochs
-        trainable = [(n, p) for n, p in s.model.named_parameters() if p.requires_grad]
-        self.names, self.params = [n for n, _ in trainable], [p for _, p in trainable]
+        self.params = [p for p in s.model.parameters() if p.requires_grad]
         dd.broadcast_tensors(self.params)  # the same seed gives the same init everywhere; this makes sure of it
         if dd.rank:  # rank 0 keeps the one-process stream; the others get their own dropout masks
             torch.manual_seed(int(np.random.SeedSequence([t.seed, dd.rank]).generate_state(1)[0]))
@@ -283,11 +281,8 @@ class Trainer:
         self.rate_from: tuple[int, float] | None = None  # (step, elapsed) where the step-rate clock started
 
         self.state, self.best_weights = C.RunState(world_size=dd.world_size), None
-        self.ema: list[torch.Tensor] | None = None  # --train.ema's average of self.params, from the main stage on
         if resume:
-            self.state, self.best_weights, average = C.load(out_dir, s.model, self.optim, self.sched, self.scaler, dd)
-            if t.ema and average is not None:
-                self.ema = [average[n].to(p.device) for n, p in zip(self.names, self.params)]
+            self.state, self.best_weights = C.load(out_dir, s.model, self.optim, self.sched, self.scaler, dd)
             log.info("resuming %s at step %d (epoch %d)", out_dir, self.state.step, self.state.epoch + 1)
         elif dd.is_main:
             atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
@@ -332,8 +327,6 @@ class Trainer:
         self.snapshots = sorted(m for m in snapshot_minutes if m * 60 >= self.seconds_before) if dd.is_main else []
         if self.contrastive_steps and state.step == 0:  # not again on --resume
             self.contrastive()
-        if t.ema and self.ema is None:  # the average starts where the main stage does
-            self.ema = [p.detach().clone() for p in self.params]
         with Progress(total, "train", enabled=self.show, epoch=min(state.epoch + 1, self.epochs), loss="-") as bar:
             bar.advance(min(total, state.step * self.global_batch * t.grad_accum), timed=False)
             try:
@@ -380,10 +373,6 @@ class Trainer:
                             self.sched, self.scaler, self.params, t.max_grad_norm, prefix=s.prefix,
                             hidden=self.cache.get("train"), dd=dd, bucket_limit=s.positions, targets=self.targets)
         state.step += 1
-        if self.ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params],
-                                     1.0 - min(t.ema, (1 + state.step) / (10 + state.step)))
         if dd.is_main:
             with open(self.out_dir / C.TRAIN_LOG, "a") as f:
                 f.write(json.dumps({"step": state.step, "epoch": epoch + 1, "loss": loss, "lr": self.sched.get_last_lr()[0]}) + "\n")
@@ -439,27 +428,7 @@ class Trainer:
 
     def validate(self, epoch: int) -> None:
         """Score the epoch on the validation split; keep its weights if best, count it if not. Without
-        validation texts (a small training set, --data.min_held_out) every epoch replaces the last.
-        With --train.ema the average is what is scored and kept."""
-        with self.averaged():
-            self._validate(epoch)
-
-    @contextlib.contextmanager
-    def averaged(self) -> Iterator[None]:
-        """The moving average of the weights (--train.ema) in the model for the duration; the live weights after."""
-        if self.ema is None:
-            yield
-            return
-        live = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, self.ema)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(self.params, live)
-
-    def _validate(self, epoch: int) -> None:
+        validation texts (a small training set, --data.min_held_out) every epoch replaces the last."""
         s, t, state, dd = self.s, self.t, self.state, self.dd
         metrics: dict[str, Any] = {}
         if s.enc["validation"]:
@@ -485,16 +454,13 @@ class Trainer:
                 state.stopped = True
 
     def checkpoint(self) -> None:
-        average = None if self.ema is None else {n: v.cpu() for n, v in zip(self.names, self.ema)}
-        C.save(self.out_dir, self.s.model, self.optim, self.sched, self.scaler, self.state, self.best_weights, self.dd,
-               average=average)
+        C.save(self.out_dir, self.s.model, self.optim, self.sched, self.scaler, self.state, self.best_weights, self.dd)
 
     def snapshot(self, minutes: float) -> None:
-        """The model as it is now (not the best epoch; with --train.ema the average) as a loadable bundle
-        in snapshots/<N>min/."""
+        """The model as it is now (not the best epoch) as a loadable bundle in snapshots/<N>min/."""
         folder, seconds, step = self.out_dir / "snapshots" / f"{minutes:g}min", self.elapsed(), self.state.step
         remove(folder)  # left by a run that was then resumed from a checkpoint taken before it
-        with atomic_path(folder) as tmp, self.averaged():  # the folder appears complete or not at all
+        with atomic_path(folder) as tmp:  # the folder appears complete or not at all
             tmp.mkdir()
             save_bundle(self.s.model, self.s.tokenizer, self.manifest, tmp)
             (tmp / "config.yaml").write_text(self.cfg.to_yaml())
