@@ -184,7 +184,7 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     "imdb-64-length": ("imdb", 64, (0, 1, 2), {"default (256 tokens)": {}, "512 tokens": {"model.max_length": 512}}),
     # ... and the other long-text sizes a rule for few long texts would cover, starting with P3 at 64 per class.
     # Two draws so far (stopped at the session's end; a third is seed 2): 0.502 against 0.489 (0.513, 0.491
-    # against 0.504, 0.474), 470-510 s of training against about 95 s.
+    # against 0.504, 0.474), 449-484 s of training against 82-91 s.
     "p3-64-length": ("p3", 64, (0, 1), {"default (256 tokens)": {}, "512 tokens": {"model.max_length": 512}}),
 }
 
