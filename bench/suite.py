@@ -32,8 +32,8 @@ COST on 2 CPU cores (estimates from sentilora's P2 step time, 0.46 s per 16 revi
 run on a busy machine; not measured on an idle one yet): tfidf seconds per cell; embed_lr under a
 minute per small cell (plus once per data set: its test embeddings, ~1 min for 2,000 reviews) and
 ~10 min for imdb/p3 full; sentilora ~1 min per small sst cell (200 steps at least, train.min_steps),
-3-5 min per small imdb/p3 cell, sst full ~5-10 min, imdb/p3 full the 60-min budget + ~10 min scoring
-20k reviews; setfit 1-3 min per sst cell, 2-16 min per imdb/p3 cell; --with-seed ~30 min per imdb/p3
+3-5 min per small imdb/p3 cell, sst full ~5-10 min, imdb/p3 full the 60-min budget + ~6 min scoring
+20k reviews (measured 2026-12-06 with --full-minutes 30: 1,850 s training, 345 s scoring, per cell); setfit 1-3 min per sst cell, 2-16 min per imdb/p3 cell; --with-seed ~30 min per imdb/p3
 cell (10 evaluations of 2,000 reviews). The default grid: roughly 6-10 hours.
 """
 
