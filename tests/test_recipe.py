@@ -88,4 +88,5 @@ def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path,
     assert (saved["train"]["lr"], saved["train"]["epochs"]) == (1e-3, 2) and len(result.history) == 2
     assert saved["train"]["ordinal_smoothing"] == 0  # two classes
     assert saved["model"]["max_length"] == 128  # 256 for short texts, capped at the tiny encoder's 128 positions
+    assert "training reads up to 128 tokens per text" in caplog.text
     assert "short training texts" in caplog.text and "LoRA r16 (alpha 32) on all, lr 0.001, 2 epochs" in caplog.text

@@ -147,9 +147,14 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
     whole = {s: tokenize(tokenizer, data.splits[s].texts) for s in ("train", "validation")}
     specials = sum(len(x) for x in special_tokens(tokenizer))
+    length_unset = cfg.model.max_length is None
     cfg, recipe = R.resolve(cfg, [len(x) + specials for x in whole["train"]], data.label_names,
                             has_presets=M.has_target_presets(base), positions=positions, labels=data.splits["train"].labels)
     enc = {s: cut(tokenizer, ids, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s, ids in whole.items()}
+    if length_unset and dd.is_main and whole["train"]:
+        log.info("training reads up to %d tokens per text (%d texts, median length %d tokens; --preset auto, "
+                 "--model.max_length overrides)", cfg.model.max_length, len(whole["train"]),
+                 int(np.median([len(x) + specials for x in whole["train"]])))
     del whole
     targets = M.target_modules(base, cfg.lora.target_modules)
     if cfg.model.head_init != "random":
