@@ -43,13 +43,17 @@ AUTO_MIN_STEPS = 50
 AUTO_BELOW = 40  # texts in the smallest class: on at 16 per class (measured), off at 64
 
 
-def auto_steps(labels: Sequence[int], pairs_per_step: int) -> int:
-    """The stage's length when --train.contrastive_steps is unset: for fewer than AUTO_BELOW texts in
-    the smallest class, enough steps of `pairs_per_step` pairs for AUTO_PAIRS_PER_TEXT pairs per text
-    (AUTO_MIN_STEPS at least); else 0."""
+def small_classes(labels: Sequence[int]) -> bool:
+    """Whether the smallest of two or more classes has fewer than AUTO_BELOW texts: where the stage runs when unset."""
     counts = np.bincount(np.asarray(labels, dtype=int))
     counts = counts[counts > 0]
-    if len(counts) < 2 or counts.min() >= AUTO_BELOW:
+    return len(counts) >= 2 and int(counts.min()) < AUTO_BELOW
+
+
+def auto_steps(labels: Sequence[int], pairs_per_step: int) -> int:
+    """The stage's length when --train.contrastive_steps is unset: for `small_classes`, enough steps of
+    `pairs_per_step` pairs for AUTO_PAIRS_PER_TEXT pairs per text (AUTO_MIN_STEPS at least); else 0."""
+    if not small_classes(labels):
         return 0
     return max(AUTO_MIN_STEPS, round(AUTO_PAIRS_PER_TEXT * len(labels) / pairs_per_step))
 

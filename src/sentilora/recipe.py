@@ -11,9 +11,10 @@ on SST-5 keeps the rest of the short-text recipe.
 | anything else (tuned on 1,000 IMDB reviews)         | query, value | 8    | 2e-3 | 6      |
 
 --model.max_length left unset is LONG_READ tokens (or the encoder's limit, if less) for fewer than
-FEW_LONG_TEXTS texts of median over SHORT_TOKENS tokens with AUTO_BELOW or more in each class, else
-STANDARD_READ: a few long texts are worth reading further, and the cost stays small. Under AUTO_BELOW
-texts in a class the contrastive stage runs, and 512 tokens made it 4x slower for no gain.
+FEW_LONG_TEXTS texts of median over SHORT_TOKENS tokens whose classes are not too small for training
+alone (sentilora.contrastive.small_classes: 40 or more texts in each), else STANDARD_READ: a few long
+texts are worth reading further, and the cost stays small. Where the classes are smaller the
+contrastive stage runs, and 512 tokens made it 4x slower for no gain.
 
 --lora.alpha left unset is twice the rank. --train.ordinal_smoothing left unset is ORDINAL_SMOOTHING
 for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale in its order (3 or more
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sentilora.config import Config
-from sentilora.contrastive import AUTO_BELOW
+from sentilora.contrastive import small_classes
 from sentilora.labels import on_sentiment_scale
 
 SHORT_TOKENS = 64  # median tokens per training text: SST sentences are ~25, IMDB reviews ~230
@@ -84,11 +85,10 @@ def ordinal_smoothing(lengths: Sequence[int], label_names: list[str]) -> float:
     return ORDINAL_SMOOTHING if few_short and on_sentiment_scale(label_names) else 0.0
 
 
-def max_length(lengths: Sequence[int], smallest_class: int, positions: int | None = None) -> int:
+def max_length(lengths: Sequence[int], small: bool, positions: int | None = None) -> int:
     """--model.max_length's value when unset: LONG_READ for a few long texts, else STANDARD_READ (at most
-    `positions`). `smallest_class`: training texts in the smallest class."""
-    few_long = (len(lengths) < FEW_LONG_TEXTS and smallest_class >= AUTO_BELOW
-                and float(np.median(lengths)) > SHORT_TOKENS)
+    `positions`). `small`: the classes are small enough for the contrastive stage (`small_classes`)."""
+    few_long = len(lengths) < FEW_LONG_TEXTS and not small and float(np.median(lengths)) > SHORT_TOKENS
     n = LONG_READ if few_long else STANDARD_READ
     return min(n, positions) if positions else n
 
@@ -103,9 +103,9 @@ def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
     tokens per text."""
     recipe = choose(lengths)
     lora, train, model = cfg.lora, cfg.train, cfg.model
-    counts = np.bincount(np.asarray(labels, dtype=int)) if labels is not None and len(labels) else np.array([len(lengths)])
     if model.max_length is None:
-        model = dataclasses.replace(model, max_length=max_length(lengths, int(counts[counts > 0].min()), positions))
+        small = labels is not None and small_classes(labels)
+        model = dataclasses.replace(model, max_length=max_length(lengths, small, positions))
     r = lora.r if lora.r is not None else recipe.r
     targets = lora.target_modules or ([recipe.targets] if recipe.targets and has_presets else None)
     lora = dataclasses.replace(lora, r=r, alpha=lora.alpha if lora.alpha is not None else 2 * r, target_modules=targets)

@@ -147,15 +147,15 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
             raise SentiloraError(f"{flag} {n} is more than {cfg.model.name} takes ({positions} tokens per text); use {positions} or less.")
     whole = {s: tokenize(tokenizer, data.splits[s].texts) for s in ("train", "validation")}
     specials = sum(len(x) for x in special_tokens(tokenizer))
+    lengths = [len(x) + specials for x in whole["train"]]  # whole, as the recipe rules read them
     length_unset = cfg.model.max_length is None
-    cfg, recipe = R.resolve(cfg, [len(x) + specials for x in whole["train"]], data.label_names,
-                            has_presets=M.has_target_presets(base), positions=positions, labels=data.splits["train"].labels)
+    cfg, recipe = R.resolve(cfg, lengths, data.label_names, has_presets=M.has_target_presets(base),
+                            positions=positions, labels=data.splits["train"].labels)
     enc = {s: cut(tokenizer, ids, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s, ids in whole.items()}
-    if length_unset and dd.is_main and whole["train"]:
-        log.info("training reads up to %d tokens per text (%d texts, median length %d tokens; --preset auto, "
-                 "--model.max_length overrides)", cfg.model.max_length, len(whole["train"]),
-                 int(np.median([len(x) + specials for x in whole["train"]])))
     del whole
+    if length_unset and dd.is_main and lengths:
+        log.info("training reads up to %d tokens per text (%d texts, median length %d tokens; --preset auto, "
+                 "--model.max_length overrides)", cfg.model.max_length, len(lengths), int(np.median(lengths)))
     targets = M.target_modules(base, cfg.lora.target_modules)
     if cfg.model.head_init != "random":
         H.init_head(base, enc["train"], data.splits["train"].labels, how=cfg.model.head_init,
