@@ -201,6 +201,10 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # made 512 tokens --preset auto's choice for 40+ texts per class and under 600 long texts (P3 at 256 per
     # class, 922 texts after the carve-out, is not measured and stays at 256).
     "imdb-256-length": ("imdb", 256, (0, 1, 2), {"default (256 tokens)": {}, "512 tokens": {"model.max_length": 512}}),
+    # Full SST-5 and SST-2, under their test goals (0.52, 0.89): three models (seeds s, s+1, s+2, the same data
+    # and carve-out) averaged weight by weight into one (--train.soup 3) against one model. RESULT
+    **{f"{ds}-full-soup": (ds, None, (0, 1, 2), {"one model": {"train.soup": 1}, "3 models averaged": {"train.soup": 3}})
+       for ds in ("sst5", "sst2")},
 }
 
 

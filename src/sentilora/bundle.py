@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from sentilora.errors import BundleError
-from sentilora.files import atomic_write_json, first_line, new_folder, read_json_object
+from sentilora.files import atomic_path, atomic_write_json, first_line, new_folder, read_json_object
 from sentilora.heads import set_pooling
 from sentilora.model import fingerprint, load_base_model
 
@@ -203,6 +204,38 @@ def add_adapter(model: nn.Module, folder: str | Path, name: str) -> Manifest:
     except (RuntimeError, ValueError, OSError) as e:
         raise BundleError(f"{folder}: adapter does not fit the base model ({first_line(e)}).") from None
     return man
+
+
+def average_adapters(folders: Sequence[Path], out: Path) -> None:
+    """Write to `out` (an adapter folder) the adapter whose weights are the mean of the `folders`' bundles
+    (a model soup). A LoRA layer adds B @ A to its frozen weight; the mean of N such products is one LoRA
+    of rank N x r, A the members' A stacked and B theirs side by side over N, with the same scaling
+    (alpha N x alpha), so the soup is exact, not an approximation, and merges into the base like any
+    adapter. Every other saved tensor (the trained heads) is averaged."""
+    from safetensors.torch import load_file, save_file
+
+    configs = [adapter_config(f) for f in folders]
+    shape = {k: configs[0].get(k) for k in ("r", "lora_alpha", "target_modules", "modules_to_save")}
+    for f, c in zip(folders[1:], configs[1:]):
+        if {k: c.get(k) for k in shape} != shape:
+            raise BundleError(f"{f}: its adapter is not shaped like {folders[0]}'s; only runs of one config can be averaged.")
+    if any(c.get(k) for c in configs for k in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern")):
+        raise BundleError(f"{folders[0]}: DoRA, rsLoRA and per-layer ranks cannot be averaged by stacking ranks.")
+    states = [load_file(str(f / "adapter" / "adapter_model.safetensors")) for f in folders]
+    n, soup = len(states), {}
+    for name in states[0]:
+        parts = [s[name] for s in states]
+        if ".lora_A." in name:
+            soup[name] = torch.cat(parts, dim=0)
+        elif ".lora_B." in name:
+            soup[name] = torch.cat(parts, dim=1) / n
+        else:
+            soup[name] = torch.stack(parts).mean(dim=0)
+    config = {**configs[0], "r": n * shape["r"], "lora_alpha": n * shape["lora_alpha"]}
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        save_file(soup, str(tmp / "adapter_model.safetensors"))
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def merge_bundle(folder: str | Path, out: str | Path) -> Path:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from sentilora import model as M
 from sentilora import recipe as R
 from sentilora import train_step as S
 from sentilora.batching import epoch_batches, pick_device, pick_dtype
-from sentilora.bundle import Manifest, save_bundle
+from sentilora.bundle import MANIFEST, Manifest, average_adapters, load_bundle, save_bundle
 from sentilora.config import Config
 from sentilora.contrastive import auto_steps, contrastive_stage
 from sentilora.data import load_data
@@ -45,13 +46,14 @@ from sentilora.files import (
     atomic_write_json,
     atomic_write_text,
     check_new_folder,
+    read_json_object,
     remove,
 )
 from sentilora.model import num_layers
 from sentilora.prefix import FrozenPrefix
 from sentilora.progress import Progress
 from sentilora.schedule import LinearSchedule, steps_that_fit
-from sentilora.tokens import cut, position_limit, special_tokens, tokenize
+from sentilora.tokens import cut, encode, position_limit, special_tokens, tokenize
 
 __all__ = ["LinearSchedule", "TrainResult", "epoch_batches", "train"]  # epoch_batches lives in batching; re-exported
 _better, _validate = S.better, S.validate  # their names before train_step.py; tests use them
@@ -69,6 +71,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     train_seconds: float = 0.0
+    models: int = 1  # --train.soup: models averaged into the bundle
 
 
 def train(
@@ -85,6 +88,10 @@ def train(
     `snapshot_minutes` (e.g. ``(15, 30)``) also saves the model as it is at those minutes of
     training to ``out_dir/snapshots/<N>min/``, a loadable bundle (learning curves against time).
 
+    With --train.soup N (set, or chosen by --preset auto) the first model trains in `out_dir` as
+    above, the others in ``out_dir/members/seed-<seed>/``, and `out_dir` ends up holding their
+    average (`_soup`); snapshots are of the first model.
+
     Under torchrun or accelerate launch every process calls this with the same arguments and they
     train one model together (see `sentilora.distributed`): each step, every process takes its share
     of a global batch of ``processes x --train.batch_size`` texts and the gradients are summed, so
@@ -92,9 +99,18 @@ def train(
     batch size N x B (up to dropout, which each process draws for itself). Rank 0 alone writes the
     run folder; every process returns the same result.
     """
+    out_dir = Path(out_dir)
     with D.process_group() as dd:
-        trainer = Trainer(cfg, Path(out_dir), dd, resume=resume, show=progress and dd.is_main, on_step=on_step)
-        return trainer.run(snapshot_minutes)
+        show = progress and dd.is_main
+        if resume and _soup_pending(out_dir):  # the first model is done; the soup goes on below
+            cfg = Config.from_yaml(out_dir / "config.yaml")
+        else:
+            trainer = Trainer(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
+            result = trainer.run(snapshot_minutes)
+            cfg = trainer.cfg
+            if (cfg.train.soup or 1) == 1:
+                return result
+        return _soup(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
 
 
 # ---- setup -----------------------------------------------------------------------------------
@@ -255,6 +271,8 @@ class Trainer:
         # --train.batch_size is per process: a step takes a global batch of world x batch_size texts and
         # deals it out (train_step.optim_step), so steps per epoch and the schedule follow the global batch.
         self.global_batch = t.batch_size * dd.world_size
+        # --train.max_minutes is the whole run's: each model of a --train.soup gets its share.
+        self.max_minutes = t.max_minutes / (t.soup or 1) if t.max_minutes else None
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
         self.contrastive_steps = (t.contrastive_steps if t.contrastive_steps is not None
                                   else auto_steps(self.train_y, t.batch_size))
@@ -390,13 +408,13 @@ class Trainer:
             self.on_step(state.step, loss)
         while self.snapshots and self.elapsed() >= self.snapshots[0] * 60:
             self.snapshot(self.snapshots.pop(0))
-        if t.max_minutes:
+        if self.max_minutes:
             self._fit_schedule()
             # Clocks differ a little between processes: they stop together when any is out of time.
-            out_of_time = dd.any(self.elapsed() >= t.max_minutes * 60)
+            out_of_time = dd.any(self.elapsed() >= self.max_minutes * 60)
             if out_of_time or self.total_steps > self.plan.total <= state.step:
                 state.stopped = True
-                log.info("%s at step %d; validating and stopping", "time budget of %g minutes reached" % t.max_minutes
+                log.info("%s at step %d; validating and stopping", "time budget of %g minutes reached" % self.max_minutes
                          if out_of_time else "learning-rate schedule fitted to the time budget ends", state.step)
                 return True
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step % self.steps_per_epoch:
@@ -410,7 +428,7 @@ class Trainer:
         long texts come in any order, the machine is shared), and a plan made on 20 steps of short
         texts once ended a run at half its LR. Step counts, not clocks, say when, so every process
         replans at the same step."""
-        state, t = self.state, self.t
+        state = self.state
         if self.rate_from is None:
             if state.step >= 5 or state.step >= self.plan.total:
                 self.rate_from = (state.step, self.elapsed())
@@ -419,7 +437,7 @@ class Trainer:
         if state.step - first < 20 or (state.step - first) % 20:
             return
         per_step = (self.elapsed() - since) / (state.step - first)
-        left = t.max_minutes * 60 - self.elapsed()
+        left = self.max_minutes * 60 - self.elapsed()
         # Validation after each epoch is part of the budget: about a third of a training sample's time per text.
         val_s = len(self.s.enc["validation"]) * per_step / self.global_batch / 3
         fit = steps_that_fit(state.step, per_step=per_step, seconds_left=left, steps_per_epoch=self.steps_per_epoch,
@@ -429,8 +447,8 @@ class Trainer:
         before = self.plan.total
         self.plan.replan(state.step, fit)
         if first_plan and self.plan.total < before:
-            log.info("%.2f s per step: %d of the %d planned steps fit in --train.max_minutes %g; the learning rate "
-                     "now decays to 0 at step %d", per_step, self.plan.total, before, t.max_minutes, self.plan.total)
+            log.info("%.2f s per step: %d of the %d planned steps fit in %g minutes (--train.max_minutes); the learning "
+                     "rate now decays to 0 at step %d", per_step, self.plan.total, before, self.max_minutes, self.plan.total)
         elif abs(self.plan.total - before) > 0.05 * before:
             log.info("%.2f s per step on average so far: the learning rate now decays to 0 at step %d instead of %d",
                      per_step, self.plan.total, before)
@@ -495,3 +513,83 @@ class Trainer:
 
         dd.on_main(write_bundle)  # the other processes wait for it: the launcher ends when the bundle is complete
         return TrainResult(self.out_dir, state.best["epoch"], state.best, state.history, state.step, state.train_seconds)
+
+
+# ---- the soup --------------------------------------------------------------------------------
+
+# A model soup (Wortsman et al. 2022): models fine-tuned from one base on the same data, with different
+# seeds (their LoRA init, dropout and batch order), averaged weight by weight. It predicts as fast as one
+# model; bench/recipes.py's *-soup groups measure what it gains (sentilora.recipe.SOUP).
+MEMBERS = "members"
+
+
+def _soup_pending(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a finished first model of a soup whose average is not written yet."""
+    history = out_dir / "history.json"
+    if (out_dir / C.CHECKPOINT).is_dir() or not history.is_file() or not (out_dir / "config.yaml").is_file():
+        return False
+    return (Config.from_yaml(out_dir / "config.yaml").train.soup or 1) > 1 and "soup" not in read_json_object(history)
+
+
+def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, on_step: StepHook | None) -> TrainResult:
+    """Train the soup's other models (after the first, in `out_dir`), each a run of its own in
+    members/seed-N (resumable, loadable), then write their average into `out_dir` and score it."""
+    t = cfg.train
+    n = t.soup or 1
+    seeds = [t.seed + i for i in range(n)]
+    folders = [out_dir / MEMBERS / f"seed-{seed}" for seed in seeds]
+    dd.on_main(lambda: _keep_first(out_dir, folders[0]))
+    share = replace(t, soup=1, max_minutes=t.max_minutes / n if t.max_minutes else None)
+    for i, (seed, folder) in enumerate(zip(seeds[1:], folders[1:]), 2):
+        if (folder / "history.json").is_file():
+            continue  # trained before a --resume
+        log.info("model %d of %d (--train.soup), seed %d -> %s", i, n, seed, folder)
+        member = replace(cfg, train=replace(share, seed=seed))
+        again = resume and (folder / C.CHECKPOINT).is_dir()
+        Trainer(member, folder, dd, resume=again, show=show, on_step=on_step).run()
+    histories = [read_json_object(f / "history.json") for f in folders]
+
+    def write() -> None:
+        remove(out_dir / "adapter")  # member 0 keeps its copy; a --resume rebuilds the soup from the members
+        average_adapters(folders, out_dir / "adapter")
+
+    dd.on_main(write)
+    metrics = _score(cfg, out_dir, dd)
+    history = read_json_object(out_dir / "history.json")
+    seconds = round(sum(h["train_seconds"] for h in histories), 2)
+    history |= {"train_seconds": seconds, "soup": {
+        "validation": metrics, "members": [{"seed": seed, "folder": str(f.relative_to(out_dir)), "best": h["epochs"][h["best_epoch"] - 1],
+                                            "train_seconds": h["train_seconds"]} for seed, f, h in zip(seeds, folders, histories)]}}
+    dd.on_main(lambda: atomic_write_json(out_dir / "history.json", history))
+    if metrics:
+        each = ", ".join(f"{h['epochs'][h['best_epoch'] - 1].get(t.select_metric, float('nan')):.4f}" for h in histories)
+        log.info("soup of %d models: validation %s %.4f (the models alone: %s)", n, t.select_metric,
+                 metrics.get(t.select_metric, float("nan")), each)
+    return TrainResult(out_dir, history["best_epoch"], metrics or history["epochs"][history["best_epoch"] - 1],
+                       history["epochs"], sum(h["steps"] for h in histories), seconds, n)
+
+
+def _keep_first(out_dir: Path, folder: Path) -> None:
+    """Copy the first model's bundle (trained in `out_dir`) to `folder`, once."""
+    if (folder / MANIFEST).is_file():
+        return
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for name in ("adapter", "tokenizer"):
+            shutil.copytree(out_dir / name, tmp / name)
+        for name in (MANIFEST, "config.yaml", "history.json", C.TRAIN_LOG):
+            shutil.copy2(out_dir / name, tmp / name)
+
+
+def _score(cfg: Config, out_dir: Path, dd: D.Dist) -> dict[str, Any]:
+    """The bundle in `out_dir` scored on the run's validation split (empty without one)."""
+    val = load_data(cfg.data, need=("validation",)).splits["validation"]
+    if not len(val.labels):
+        return {}
+    model, tokenizer, _ = load_bundle(out_dir)
+    device = D.training_device(pick_device(cfg.train.device), dd)
+    ids = encode(tokenizer, val.texts, max_length=cfg.model.max_length, truncation=cfg.model.truncation)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    metrics = S.validate(model.to(device), ids, val.labels, pad_id, device, pick_dtype(cfg.train.precision, device), cfg, dd=dd)
+    metrics.pop("collapsed", None)
+    return metrics
