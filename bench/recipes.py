@@ -207,7 +207,7 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
        for ds in ("sst5", "sst2")},
     # SST-5 at 16 per class, 0.4 points behind SetFit on test: three models averaged, each with its own contrastive
     # stage (3 x 21 s of training against SetFit's 194 s). RESULT
-    "sst5-16-soup": ("sst5", 16, tuple(range(10)), {"3 models averaged": {"train.soup": 3}}),
+    "sst5-16-soup": ("sst5", 16, tuple(range(10)), {"default": {}, "3 models averaged": {"train.soup": 3}}),
 }
 
 
