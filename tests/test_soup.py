@@ -91,6 +91,8 @@ def test_an_interrupted_soup_resumes_with_the_models_left(tiny_models, dataset, 
     import shutil
 
     shutil.rmtree(run / "members" / "seed-43")
+    (run / "members" / "seed-43").mkdir()  # stopped before its first checkpoint
+    (run / "members" / "seed-43" / "config.yaml").write_text("")
     history = json.loads((run / "history.json").read_text())
     del history["soup"]
     (run / "history.json").write_text(json.dumps(history))

@@ -108,6 +108,7 @@ def train(
             trainer = Trainer(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
             result = trainer.run(snapshot_minutes)
             cfg = trainer.cfg
+            del trainer  # its model and data: the soup's other models load their own
             if (cfg.train.soup or 1) == 1:
                 return result
         return _soup(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
@@ -546,6 +547,8 @@ def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, o
         log.info("model %d of %d (--train.soup), seed %d -> %s", i, n, seed, folder)
         member = replace(cfg, train=replace(share, seed=seed))
         again = resume and (folder / C.CHECKPOINT).is_dir()
+        if not again:  # stopped before its first checkpoint: start it afresh
+            dd.on_main(lambda: remove(folder))  # noqa: B023 (called at once)
         Trainer(member, folder, dd, resume=again, show=show, on_step=on_step).run()
     histories = [read_json_object(f / "history.json") for f in folders]
 
