@@ -106,11 +106,12 @@ def test_an_interrupted_soup_resumes_with_the_models_left(tiny_models, dataset, 
             torch.testing.assert_close(w, before[name], msg=name)
 
 
-def test_preset_auto_averages_three_models_for_many_short_texts():
-    def soup(lengths, cfg=Config()):
-        return R.resolve(cfg, lengths, ["negative", "positive"])[0].train.soup
+def test_preset_auto_averages_three_models_for_many_short_texts_in_three_or_more_classes():
+    def soup(lengths, cfg=Config(), classes=("negative", "neutral", "positive")):
+        return R.resolve(cfg, lengths, list(classes))[0].train.soup
 
     assert soup(SHORT) == R.SOUP == 3
+    assert soup(SHORT, classes=("negative", "positive")) == 1  # two classes: it did not win on SST-2
     assert soup(SHORT[:-1]) == 1  # fewer texts: the standard recipe, one model
     assert soup(LONG) == 1  # long texts: one model takes long enough
     assert soup(SHORT, Config().override({"train.max_minutes": 30})) == 1  # a time budget goes to one model

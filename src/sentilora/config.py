@@ -162,7 +162,7 @@ class TrainConfig:
         None, "Train this many models on the same data, seeds --train.seed, +1, +2 ..., and average their "
         "weights into one (a 'model soup'): the same size and prediction speed, this many times the training "
         "time. Each model is kept in members/seed-N of the run folder. --train.max_minutes is shared among "
-        "them. Unset: 3 for many short texts without --train.max_minutes (--preset auto), else 1.")
+        "them. Unset: 3 for many short texts in 3 or more classes without --train.max_minutes (--preset auto), else 1.")
     early_stopping_patience: int = _f(2, "Stop after this many epochs without improvement (0 = off).")
     select_metric: Literal["accuracy", "f1", "loss"] = _f(
         "accuracy", "Validation metric that picks the best epoch and drives early stopping."

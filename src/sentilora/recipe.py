@@ -16,8 +16,8 @@ alone (sentilora.contrastive.small_classes: 40 or more texts in each), else STAN
 texts are worth reading further, and the cost stays small. Where the classes are smaller the
 contrastive stage runs, and 512 tokens made it 4x slower for no gain.
 
---train.soup left unset is SOUP models averaged into one for the many-short-texts row, where a model
-trains in a minute or two, unless --train.max_minutes caps the run (then 1): sentilora.soup.
+--train.soup left unset is SOUP models averaged into one for the many-short-texts row with 3 or more
+classes, where a model trains in a minute or two, unless --train.max_minutes caps the run; else 1.
 
 --lora.alpha left unset is twice the rank. --train.ordinal_smoothing left unset is ORDINAL_SMOOTHING
 for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale in its order (3 or more
@@ -90,9 +90,10 @@ def ordinal_smoothing(lengths: Sequence[int], label_names: list[str]) -> float:
     return ORDINAL_SMOOTHING if few_short and on_sentiment_scale(label_names) else 0.0
 
 
-def soup(recipe: Recipe, max_minutes: float | None) -> int:
-    """--train.soup's value when unset: SOUP models for many short texts (quick to train), unless a time budget is set."""
-    return SOUP if recipe is MANY_SHORT and max_minutes is None else 1
+def soup(recipe: Recipe, classes: int, max_minutes: float | None) -> int:
+    """--train.soup's value when unset: SOUP models for many short texts (quick to train) in 3 or more
+    classes, unless a time budget is set."""
+    return SOUP if recipe is MANY_SHORT and classes >= 3 and max_minutes is None else 1
 
 
 def max_length(lengths: Sequence[int], small: bool, positions: int | None = None) -> int:
@@ -121,7 +122,7 @@ def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
     lora = dataclasses.replace(lora, r=r, alpha=lora.alpha if lora.alpha is not None else 2 * r, target_modules=targets)
     train = dataclasses.replace(train, lr=train.lr if train.lr is not None else recipe.lr,
                                 epochs=train.epochs if train.epochs is not None else recipe.epochs,
-                                soup=train.soup if train.soup is not None else soup(recipe, train.max_minutes),
+                                soup=train.soup if train.soup is not None else soup(recipe, len(label_names), train.max_minutes),
                                 ordinal_smoothing=(train.ordinal_smoothing if train.ordinal_smoothing is not None
                                                    else ordinal_smoothing(lengths, label_names)))
     return dataclasses.replace(cfg, model=model, lora=lora, train=train), recipe
