@@ -447,7 +447,7 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
         out["data"]["min_held_out"] = 50
     if not out["train"].get("ordinal_smoothing"):  # added 2026-12-06 (fourth session); off, a cell keeps its key
         out["train"].pop("ordinal_smoothing", None)
-    if (out["train"].get("soup") or 1) == 1:  # --train.soup, added 2026-12-07; one model, a cell keeps its key
+    if out["train"].get("soup", 1) == 1:  # --train.soup, added 2026-12-07; one model, a cell keeps its key
         out["train"].pop("soup", None)
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:

@@ -40,6 +40,7 @@ def test_none_resets_optional():
         ({"model.truncation": "middle"}, "--model.truncation must be one of head_tail, right, left"),
         ({"train.group_by_length": "maybe"}, "--train.group_by_length must be true or false"),
         ({"train.epochs": "0"}, "--train.epochs must be at least 1"),
+        ({"train.soup": "0"}, "--train.soup must be at least 1"),
         ({"data.val_fraction": "1.5"}, "--data.val_fraction must be between 0 and 1"),
         ({"train.contrastive_ordinal": "1"}, "--train.contrastive_ordinal must be in [0, 1)"),
         ({"train.precision": "fp16", "train.device": "cpu"}, "fp16 needs a CUDA GPU"),

@@ -11,15 +11,11 @@ import torch
 import yaml
 from conftest import tiny_config
 
-from sentilora import recipe as R
 from sentilora.bundle import MANIFEST, adapter_config, average_adapters
 from sentilora.config import Config
 from sentilora.errors import BundleError
 from sentilora.predict import Classifier
 from sentilora.train import train
-
-SHORT, LONG = [25] * R.MANY_TEXTS, [230] * R.MANY_TEXTS
-
 
 def _weights(folder: str | Path) -> dict[str, torch.Tensor]:
     """The merged model's weights (LoRA folded in), as prediction uses them."""
@@ -104,16 +100,3 @@ def test_an_interrupted_soup_resumes_with_the_models_left(tiny_models, dataset, 
     for name, w in after.items():  # training is deterministic on a CPU: the same soup again
         if w.is_floating_point():
             torch.testing.assert_close(w, before[name], msg=name)
-
-
-def test_preset_auto_averages_three_models_for_many_short_texts_in_three_or_more_classes():
-    def soup(lengths, cfg=Config(), classes=("negative", "neutral", "positive")):
-        return R.resolve(cfg, lengths, list(classes))[0].train.soup
-
-    assert soup(SHORT) == R.SOUP == 3
-    assert soup(SHORT, classes=("negative", "positive")) == 1  # two classes: it did not win on SST-2
-    assert soup(SHORT[:-1]) == 1  # fewer texts: the standard recipe, one model
-    assert soup(LONG) == 1  # long texts: one model takes long enough
-    assert soup(SHORT, Config().override({"train.max_minutes": 30})) == 1  # a time budget goes to one model
-    assert soup(SHORT, Config().override({"train.soup": 1})) == 1  # the user's value wins
-    assert soup(LONG, Config().override({"train.soup": 2})) == 2

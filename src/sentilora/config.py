@@ -158,11 +158,12 @@ class TrainConfig:
     warmup_ratio: float = _f(0.06, "Share of steps spent warming up the learning rate.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
     seed: int = _f(42, "Seed for initialisation, dropout and batch order.")
-    soup: int | None = _f(
-        None, "Train this many models on the same data, seeds --train.seed, +1, +2 ..., and average their "
+    soup: int = _f(
+        1, "Train this many models on the same data, seeds --train.seed, +1, +2 ..., and average their "
         "weights into one (a 'model soup'): the same size and prediction speed, this many times the training "
-        "time. Each model is kept in members/seed-N of the run folder. --train.max_minutes is shared among "
-        "them. Unset: 3 for many short texts in 3 or more classes without --train.max_minutes (--preset auto), else 1.")
+        "time. Each model is kept in members/seed-N of the run folder; --train.max_minutes is shared among "
+        "them. On full SST-5 3 models raised test accuracy (0.509 against 0.501) and steadied it across "
+        "draws, but lowered macro-F1 (0.445 against 0.468): README, 'Several models averaged'.")
     early_stopping_patience: int = _f(2, "Stop after this many epochs without improvement (0 = off).")
     select_metric: Literal["accuracy", "f1", "loss"] = _f(
         "accuracy", "Validation metric that picks the best epoch and drives early stopping."
@@ -449,7 +450,7 @@ def _range_problems(cfg: Config) -> list[str]:
         (cfg.train.grad_accum >= 1, "--train.grad_accum must be at least 1."),
         (cfg.train.contrastive_steps is None or cfg.train.contrastive_steps >= 0,
          "--train.contrastive_steps must be 0 (off) or more (or unset for the data-size rule)."),
-        (cfg.train.soup is None or cfg.train.soup >= 1, "--train.soup must be at least 1 (1: one model; or unset)."),
+        (cfg.train.soup >= 1, "--train.soup must be at least 1 (1: one model)."),
         (cfg.train.lr is None or cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4 (or unset)."),
         (0.0 <= cfg.train.contrastive_ordinal < 1.0,
          "--train.contrastive_ordinal must be in [0, 1): 1 would pull neighbouring classes together as one."),

@@ -16,9 +16,6 @@ alone (sentilora.contrastive.small_classes: 40 or more texts in each), else STAN
 texts are worth reading further, and the cost stays small. Where the classes are smaller the
 contrastive stage runs, and 512 tokens made it 4x slower for no gain.
 
---train.soup left unset is SOUP models averaged into one for the many-short-texts row with 3 or more
-classes, where a model trains in a minute or two, unless --train.max_minutes caps the run; else 1.
-
 --lora.alpha left unset is twice the rank. --train.ordinal_smoothing left unset is ORDINAL_SMOOTHING
 for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale in its order (3 or more
 of "very negative" .. "very positive"), else 0. The small-data rules (a contrastive stage under 40
@@ -73,8 +70,6 @@ MANY_SHORT = Recipe("many short texts", "all", 16, 1e-3, 2)
 # answers from the end classes to the more frequent middle ones. Off where it lost: full SST-5 (0.484 at
 # 0.2, 0.470 at 0.4, against 0.486) and long reviews (P3 at 16 per class: 0.410 at 0.2 against 0.428).
 ORDINAL_SMOOTHING = 0.2
-# bench/recipes.py's *-soup groups, validation accuracy of 3 seeds' weights averaged against one model: TODO
-SOUP = 3
 
 
 def choose(lengths: Sequence[int]) -> Recipe:
@@ -88,12 +83,6 @@ def ordinal_smoothing(lengths: Sequence[int], label_names: list[str]) -> float:
     """--train.ordinal_smoothing's value when unset: ORDINAL_SMOOTHING for a few short texts on the sentiment scale."""
     few_short = len(lengths) < MANY_TEXTS and float(np.median(lengths)) <= SHORT_TOKENS
     return ORDINAL_SMOOTHING if few_short and on_sentiment_scale(label_names) else 0.0
-
-
-def soup(recipe: Recipe, classes: int, max_minutes: float | None) -> int:
-    """--train.soup's value when unset: SOUP models for many short texts (quick to train) in 3 or more
-    classes, unless a time budget is set."""
-    return SOUP if recipe is MANY_SHORT and classes >= 3 and max_minutes is None else 1
 
 
 def max_length(lengths: Sequence[int], small: bool, positions: int | None = None) -> int:
@@ -122,7 +111,6 @@ def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
     lora = dataclasses.replace(lora, r=r, alpha=lora.alpha if lora.alpha is not None else 2 * r, target_modules=targets)
     train = dataclasses.replace(train, lr=train.lr if train.lr is not None else recipe.lr,
                                 epochs=train.epochs if train.epochs is not None else recipe.epochs,
-                                soup=train.soup if train.soup is not None else soup(recipe, len(label_names), train.max_minutes),
                                 ordinal_smoothing=(train.ordinal_smoothing if train.ordinal_smoothing is not None
                                                    else ordinal_smoothing(lengths, label_names)))
     return dataclasses.replace(cfg, model=model, lora=lora, train=train), recipe
@@ -133,6 +121,6 @@ def describe(cfg: Config) -> str:
     lora, train = cfg.lora, cfg.train
     where = ",".join(lora.target_modules) if lora.target_modules else "the architecture's default layers"
     ordinal = f", ordinal smoothing {train.ordinal_smoothing:g}" if train.ordinal_smoothing else ""
-    soup = f", {train.soup} models averaged (--train.soup)" if train.soup and train.soup > 1 else ""
+    soup = f", {train.soup} models averaged (--train.soup)" if train.soup > 1 else ""
     return (f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}, "
             f"{cfg.model.max_length} tokens per text{soup}")

@@ -88,7 +88,7 @@ def train(
     `snapshot_minutes` (e.g. ``(15, 30)``) also saves the model as it is at those minutes of
     training to ``out_dir/snapshots/<N>min/``, a loadable bundle (learning curves against time).
 
-    With --train.soup N (set, or chosen by --preset auto) the first model trains in `out_dir` as
+    With --train.soup N the first model trains in `out_dir` as
     above, the others in ``out_dir/members/seed-<seed>/``, and `out_dir` ends up holding their
     average (`_soup`); snapshots are of the first model.
 
@@ -109,7 +109,7 @@ def train(
             result = trainer.run(snapshot_minutes)
             cfg = trainer.cfg
             del trainer  # its model and data: the soup's other models load their own
-            if (cfg.train.soup or 1) == 1:
+            if cfg.train.soup == 1:
                 return result
         return _soup(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
 
@@ -273,7 +273,7 @@ class Trainer:
         # deals it out (train_step.optim_step), so steps per epoch and the schedule follow the global batch.
         self.global_batch = t.batch_size * dd.world_size
         # --train.max_minutes is the whole run's: each model of a --train.soup gets its share.
-        self.max_minutes = t.max_minutes / (t.soup or 1) if t.max_minutes else None
+        self.max_minutes = t.max_minutes / t.soup if t.max_minutes else None
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
         self.contrastive_steps = (t.contrastive_steps if t.contrastive_steps is not None
                                   else auto_steps(self.train_y, t.batch_size))
@@ -520,7 +520,7 @@ class Trainer:
 
 # A model soup (Wortsman et al. 2022): models fine-tuned from one base on the same data, with different
 # seeds (their LoRA init, dropout and batch order), averaged weight by weight. It predicts as fast as one
-# model; bench/recipes.py's *-soup groups measure what it gains (sentilora.recipe.SOUP).
+# model; bench/recipes.py's *-soup groups measure what it gains and loses (README: 'Several models averaged').
 MEMBERS = "members"
 
 
@@ -529,14 +529,14 @@ def _soup_pending(out_dir: Path) -> bool:
     history = out_dir / "history.json"
     if (out_dir / C.CHECKPOINT).is_dir() or not history.is_file() or not (out_dir / "config.yaml").is_file():
         return False
-    return (Config.from_yaml(out_dir / "config.yaml").train.soup or 1) > 1 and "soup" not in read_json_object(history)
+    return Config.from_yaml(out_dir / "config.yaml").train.soup > 1 and "soup" not in read_json_object(history)
 
 
 def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, on_step: StepHook | None) -> TrainResult:
     """Train the soup's other models (after the first, in `out_dir`), each a run of its own in
     members/seed-N (resumable, loadable), then write their average into `out_dir` and score it."""
     t = cfg.train
-    n = t.soup or 1
+    n = t.soup
     seeds = [t.seed + i for i in range(n)]
     folders = [out_dir / MEMBERS / f"seed-{seed}" for seed in seeds]
     dd.on_main(lambda: _keep_first(out_dir, folders[0]))
