@@ -542,8 +542,8 @@ def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, o
     dd.on_main(lambda: _keep_first(out_dir, folders[0]))
     share = replace(t, soup=1, max_minutes=t.max_minutes / n if t.max_minutes else None)
     for i, (seed, folder) in enumerate(zip(seeds[1:], folders[1:]), 2):
-        if (folder / "history.json").is_file():
-            continue  # trained before a --resume
+        if (folder / MANIFEST).is_file():
+            continue  # trained before a --resume (the manifest is the last file a finished run writes)
         log.info("model %d of %d (--train.soup), seed %d -> %s", i, n, seed, folder)
         member = replace(cfg, train=replace(share, seed=seed))
         again = resume and (folder / C.CHECKPOINT).is_dir()
@@ -560,9 +560,9 @@ def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, o
     metrics = _score(cfg, out_dir, dd)
     history = read_json_object(out_dir / "history.json")
     seconds = round(sum(h["train_seconds"] for h in histories), 2)
-    history |= {"train_seconds": seconds, "soup": {
-        "validation": metrics, "members": [{"seed": seed, "folder": str(f.relative_to(out_dir)), "best": h["epochs"][h["best_epoch"] - 1],
-                                            "train_seconds": h["train_seconds"]} for seed, f, h in zip(seeds, folders, histories)]}}
+    members = [{"seed": seed, "folder": str(f.relative_to(out_dir)), "best": h["epochs"][h["best_epoch"] - 1],
+                "train_seconds": h["train_seconds"]} for seed, f, h in zip(seeds, folders, histories)]
+    history |= {"train_seconds": seconds, "soup": {"validation": metrics, "members": members}}
     dd.on_main(lambda: atomic_write_json(out_dir / "history.json", history))
     if metrics:
         each = ", ".join(f"{h['epochs'][h['best_epoch'] - 1].get(t.select_metric, float('nan')):.4f}" for h in histories)
