@@ -37,7 +37,7 @@ from sentilora import recipe as R
 from sentilora import train_step as S
 from sentilora.batching import epoch_batches, pick_device, pick_dtype
 from sentilora.bundle import MANIFEST, Manifest, average_adapters, load_bundle, save_bundle
-from sentilora.config import Config
+from sentilora.config import Config, TrainConfig
 from sentilora.contrastive import auto_steps, contrastive_stage
 from sentilora.data import load_data
 from sentilora.errors import SentiloraError
@@ -102,8 +102,9 @@ def train(
     out_dir = Path(out_dir)
     with D.process_group() as dd:
         show = progress and dd.is_main
-        if resume and _soup_pending(out_dir):  # the first model is done; the soup goes on below
-            cfg = Config.from_yaml(out_dir / "config.yaml")
+        pending = _soup_pending(out_dir) if resume else None
+        if pending is not None:  # the first model is done; the soup goes on below
+            cfg = pending
         else:
             trainer = Trainer(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
             result = trainer.run(snapshot_minutes)
@@ -272,8 +273,7 @@ class Trainer:
         # --train.batch_size is per process: a step takes a global batch of world x batch_size texts and
         # deals it out (train_step.optim_step), so steps per epoch and the schedule follow the global batch.
         self.global_batch = t.batch_size * dd.world_size
-        # --train.max_minutes is the whole run's: each model of a --train.soup gets its share.
-        self.max_minutes = t.max_minutes / t.soup if t.max_minutes else None
+        self.max_minutes = _budget(t)  # a --train.soup's models share the budget
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
         self.contrastive_steps = (t.contrastive_steps if t.contrastive_steps is not None
                                   else auto_steps(self.train_y, t.batch_size))
@@ -524,12 +524,19 @@ class Trainer:
 MEMBERS = "members"
 
 
-def _soup_pending(out_dir: Path) -> bool:
-    """Whether `out_dir` holds a finished first model of a soup whose average is not written yet."""
+def _soup_pending(out_dir: Path) -> Config | None:
+    """The run's config, where `out_dir` holds a finished first model of a soup whose average is not
+    written yet; else None."""
     history = out_dir / "history.json"
     if (out_dir / C.CHECKPOINT).is_dir() or not history.is_file() or not (out_dir / "config.yaml").is_file():
-        return False
-    return Config.from_yaml(out_dir / "config.yaml").train.soup > 1 and "soup" not in read_json_object(history)
+        return None
+    cfg = Config.from_yaml(out_dir / "config.yaml")
+    return cfg if cfg.train.soup > 1 and "soup" not in read_json_object(history) else None
+
+
+def _budget(t: TrainConfig) -> float | None:
+    """Minutes of --train.max_minutes for one model: the whole run's, shared among a soup's models."""
+    return t.max_minutes / t.soup if t.max_minutes else None
 
 
 def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, on_step: StepHook | None) -> TrainResult:
@@ -540,7 +547,7 @@ def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, o
     seeds = [t.seed + i for i in range(n)]
     folders = [out_dir / MEMBERS / f"seed-{seed}" for seed in seeds]
     dd.on_main(lambda: _keep_first(out_dir, folders[0]))
-    share = replace(t, soup=1, max_minutes=t.max_minutes / n if t.max_minutes else None)
+    share = replace(t, soup=1, max_minutes=_budget(t))
     for i, (seed, folder) in enumerate(zip(seeds[1:], folders[1:]), 2):
         if (folder / MANIFEST).is_file():
             continue  # trained before a --resume (the manifest is the last file a finished run writes)
