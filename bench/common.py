@@ -449,10 +449,6 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
         out["train"].pop("ordinal_smoothing", None)
     if out["train"].get("soup", 1) == 1:  # --train.soup, added 2026-12-07; one model, a cell keeps its key
         out["train"].pop("soup", None)
-    else:  # since the ninth session a soup's models share their starting weights (the cells before did not)
-        out["train"]["soup_members"] = "one start, own batch order"
-    if out["train"].get("order_seed") is None:  # --train.order_seed, added in the ninth session
-        out["train"].pop("order_seed", None)
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:
         steps = auto_steps(list(range(classes)) * per_class, out["train"]["batch_size"])

@@ -89,7 +89,7 @@ def train(
     training to ``out_dir/snapshots/<N>min/``, a loadable bundle (learning curves against time).
 
     With --train.soup N the first model trains in `out_dir` as
-    above, the others in ``out_dir/members/seed-<order seed>/``, and `out_dir` ends up holding their
+    above, the others in ``out_dir/members/seed-<seed>/``, and `out_dir` ends up holding their
     average (`_soup`); snapshots are of the first model.
 
     Under torchrun or accelerate launch every process calls this with the same arguments and they
@@ -274,7 +274,6 @@ class Trainer:
         # deals it out (train_step.optim_step), so steps per epoch and the schedule follow the global batch.
         self.global_batch = t.batch_size * dd.world_size
         self.max_minutes = _budget(t)  # a --train.soup's models share the budget
-        self.order_seed = t.seed if t.order_seed is None else t.order_seed  # a soup's models differ only here
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
         self.contrastive_steps = (t.contrastive_steps if t.contrastive_steps is not None
                                   else auto_steps(self.train_y, t.batch_size))
@@ -362,7 +361,7 @@ class Trainer:
                 for epoch in range(state.epoch, self.epochs):
                     if state.stopped:
                         break
-                    batches = epoch_batches(self.lengths, self.global_batch, seed=self.order_seed, epoch=epoch,
+                    batches = epoch_batches(self.lengths, self.global_batch, seed=t.seed, epoch=epoch,
                                             group_by_length=t.group_by_length)
                     groups = [batches[i : i + t.grad_accum] for i in range(0, len(batches), t.grad_accum)]
                     self.s.model.train()
@@ -387,7 +386,7 @@ class Trainer:
         with Progress(self.contrastive_steps, "pairs", unit="steps", enabled=self.show, loss="-") as bar:
             contrastive_stage(s.model, self.train_ids, self.train_y, steps=self.contrastive_steps,
                               pairs_per_step=t.batch_size, lr=t.lr, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
-                              seed=self.order_seed, max_grad_norm=t.max_grad_norm, on_step=lambda _, loss: bar.advance(1, loss=loss),
+                              seed=t.seed, max_grad_norm=t.max_grad_norm, on_step=lambda _, loss: bar.advance(1, loss=loss),
                               bucket_limit=s.positions, neighbour=t.contrastive_ordinal)
         how = "prototypes" if self.cfg.model.head_init == "prototypes" else "logistic"
         H.init_head(s.model, self.train_ids, self.train_y, how=how, pad_id=self.pad_id, device=s.device, dtype=s.dtype,
@@ -519,11 +518,9 @@ class Trainer:
 
 # ---- the soup --------------------------------------------------------------------------------
 
-# A model soup (Wortsman et al. 2022): models fine-tuned from one base on the same data, averaged weight by
-# weight. They share their starting weights (--train.seed: the LoRA init and the head) and differ in batch order
-# (--train.order_seed), so they stay in one basin: averaged, models of different seeds lost confidence and
-# macro-F1 on SST-5 (README: 'Several models averaged'). It predicts as fast as one model; bench/recipes.py's
-# *-soup groups measure what it gains and loses.
+# A model soup (Wortsman et al. 2022): models fine-tuned from one base on the same data, with different
+# seeds (their LoRA init, dropout and batch order), averaged weight by weight. It predicts as fast as one
+# model; bench/recipes.py's *-soup groups measure what it gains and loses (README: 'Several models averaged').
 MEMBERS = "members"
 
 
@@ -544,19 +541,18 @@ def _budget(t: TrainConfig) -> float | None:
 
 def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, on_step: StepHook | None) -> TrainResult:
     """Train the soup's other models (after the first, in `out_dir`), each a run of its own in
-    members/seed-N (N: its order seed; resumable, loadable), then write their average into `out_dir` and score it."""
+    members/seed-N (resumable, loadable), then write their average into `out_dir` and score it."""
     t = cfg.train
     n = t.soup
-    first = t.seed if t.order_seed is None else t.order_seed
-    seeds = [first + i for i in range(n)]
+    seeds = [t.seed + i for i in range(n)]
     folders = [out_dir / MEMBERS / f"seed-{seed}" for seed in seeds]
     dd.on_main(lambda: _keep_first(out_dir, folders[0]))
     share = replace(t, soup=1, max_minutes=_budget(t))
     for i, (seed, folder) in enumerate(zip(seeds[1:], folders[1:]), 2):
         if (folder / MANIFEST).is_file():
             continue  # trained before a --resume (the manifest is the last file a finished run writes)
-        log.info("model %d of %d (--train.soup), batch order seed %d -> %s", i, n, seed, folder)
-        member = replace(cfg, train=replace(share, order_seed=seed))
+        log.info("model %d of %d (--train.soup), seed %d -> %s", i, n, seed, folder)
+        member = replace(cfg, train=replace(share, seed=seed))
         again = resume and (folder / C.CHECKPOINT).is_dir()
         if not again:  # stopped before its first checkpoint: start it afresh
             dd.on_main(lambda: remove(folder))  # noqa: B023 (called at once)
@@ -571,7 +567,7 @@ def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, o
     metrics = _score(cfg, out_dir, dd)
     history = read_json_object(out_dir / "history.json")
     seconds = round(sum(h["train_seconds"] for h in histories), 2)
-    members = [{"order_seed": seed, "folder": str(f.relative_to(out_dir)), "best": h["epochs"][h["best_epoch"] - 1],
+    members = [{"seed": seed, "folder": str(f.relative_to(out_dir)), "best": h["epochs"][h["best_epoch"] - 1],
                 "train_seconds": h["train_seconds"]} for seed, f, h in zip(seeds, folders, histories)]
     history |= {"train_seconds": seconds, "soup": {"validation": metrics, "members": members}}
     dd.on_main(lambda: atomic_write_json(out_dir / "history.json", history))
