@@ -352,9 +352,7 @@ def main() -> None:
                     continue
                 print(f"[{group}] {variant} seed {seed}: accuracy {c['accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
                 cells.append(c)
-            if not cells and f"{group}: {variant}" in previous:
-                rows.append(previous[f"{group}: {variant}"])
-            elif cells:
+            if cells:
                 acc = [c["accuracy"] for c in cells]
                 rows.append({"system": f"{group}: {variant}", "overrides": overrides, "val_n": cells[0]["val_n"],
                              "accuracy_mean": round(float(np.mean(acc)), 4),
