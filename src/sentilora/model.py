@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,20 +117,23 @@ def load_base_model(
     _require_safetensors(path)
     id2label = dict(enumerate(label_names))
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            revision=revision,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-            ignore_mismatched_sizes=True,  # a checkpoint with a head of another size gets a fresh one
-            output_loading_info=True,
-            use_safetensors=True,  # never unpickle a .bin: it can run code
-            # fp32 master weights whatever the checkpoint stores (transformers 5 keeps a fp16/bf16
-            # checkpoint in its own dtype, and LoRA training on half-precision weights turns to NaN);
-            # bf16/fp16 speed comes from autocast (training) or a cast after loading (inference).
-            dtype=torch.float32,
-        )
+        # transformers 5 logs a "LOAD REPORT" table with "Consider training on your downstream task" for the
+        # fresh head; here that is expected (training trains it, a bundle supplies it), so the API stays quiet.
+        with _quiet("transformers.modeling_utils"):
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                revision=revision,
+                num_labels=len(label_names),
+                id2label=id2label,
+                label2id={v: k for k, v in id2label.items()},
+                ignore_mismatched_sizes=True,  # a checkpoint with a head of another size gets a fresh one
+                output_loading_info=True,
+                use_safetensors=True,  # never unpickle a .bin: it can run code
+                # fp32 master weights whatever the checkpoint stores (transformers 5 keeps a fp16/bf16
+                # checkpoint in its own dtype, and LoRA training on half-precision weights turns to NaN);
+                # bf16/fp16 speed comes from autocast (training) or a cast after loading (inference).
+                dtype=torch.float32,
+            )
     except (OSError, ValueError) as e:
         raise _load_error(path, "model", e) from None
     # Weights that the checkpoint did not provide were randomly initialised: they must be trained and
@@ -137,6 +141,18 @@ def load_base_model(
     new = sorted(set(info.get("missing_keys", ())) | {k for k, *_ in info.get("mismatched_keys", ())})
     set_pooling(model, pooling)
     return model, new
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Warnings of `logger_name` (a library's own logger) dropped for the duration."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _require_safetensors(path: str) -> None:
