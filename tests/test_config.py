@@ -41,6 +41,8 @@ def test_none_resets_optional():
         ({"train.group_by_length": "maybe"}, "--train.group_by_length must be true or false"),
         ({"train.epochs": "0"}, "--train.epochs must be at least 1"),
         ({"train.soup": "0"}, "--train.soup must be at least 1"),
+        ({"train.ensemble": "0"}, "--train.ensemble must be at least 1"),
+        ({"train.soup": "2", "train.ensemble": "2"}, "set one of them"),
         ({"data.val_fraction": "1.5"}, "--data.val_fraction must be between 0 and 1"),
         ({"train.contrastive_ordinal": "1"}, "--train.contrastive_ordinal must be in [0, 1)"),
         ({"train.precision": "fp16", "train.device": "cpu"}, "fp16 needs a CUDA GPU"),

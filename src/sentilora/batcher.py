@@ -56,7 +56,7 @@ class Served:
 
     name: str
     path: str
-    kind: str  # "adapter", "adapter (shared base)", "merged", "onnx"
+    kind: str  # "adapter", "adapter (shared base)", "merged", "ensemble", "onnx"
     classifier: Classifier
 
     def info(self) -> dict[str, Any]:

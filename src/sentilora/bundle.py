@@ -29,7 +29,7 @@ from torch import nn
 from sentilora.errors import BundleError
 from sentilora.files import atomic_path, atomic_write_json, first_line, new_folder, read_json_object
 from sentilora.heads import set_pooling
-from sentilora.model import fingerprint, load_base_model
+from sentilora.model import Ensemble, fingerprint, load_base_model
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def sentilora_version() -> str:
 
 @dataclass
 class Manifest:
-    kind: str  # "adapter" (LoRA bundle) or "merged"
+    kind: str  # "adapter" (LoRA bundle), "merged", "ensemble" (adapters in `members`) or "onnx"
     base_model: str  # as the user named it (alias kept, so 'minilm' resolves on any machine)
     base_revision: str | None
     base_fingerprint: str
@@ -67,6 +67,7 @@ class Manifest:
     predict_max_length: int | None = None
     positions: int | None = None
     pooling: str = "cls"  # what the head reads: "cls" (first token / pooler) or "mean" (heads.set_pooling)
+    members: list[str] | None = None  # kind "ensemble": its models' bundle folders, relative to this one
 
     @property
     def reads(self) -> int:
@@ -156,6 +157,9 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
         set_pooling(model, man.pooling)
         return model.eval(), load_tokenizer_folder(folder, folder), man
 
+    if man.kind == "ensemble":
+        return _load_ensemble(folder, man), load_tokenizer_folder(folder / "tokenizer", folder), man
+
     from peft import PeftModel
 
     adapter = folder / "adapter"
@@ -181,6 +185,22 @@ def load_bundle(folder: str | Path) -> tuple[nn.Module, Any, Manifest]:
     except (RuntimeError, ValueError, OSError) as e:
         raise BundleError(f"{folder}: adapter does not fit the base model ({first_line(e)}).") from None
     return model.eval(), tokenizer, man
+
+
+def _load_ensemble(folder: Path, man: Manifest) -> Ensemble:
+    """The member bundles of an ensemble run, each an adapter on its own copy of the base model."""
+    if not man.members:
+        raise BundleError(f"{folder}: an ensemble bundle that lists no models; the manifest was altered. Re-train.")
+    models = []
+    for rel in man.members:
+        sub = folder / rel
+        if not (sub / MANIFEST).is_file():
+            raise BundleError(f"{sub}: a model of this ensemble is missing; copy the whole run folder (members/ "
+                              "included), or re-train.")
+        if Manifest.read(sub).label_names != man.label_names:
+            raise BundleError(f"{sub}: its classes differ from the ensemble's {man.label_names}; the bundle was altered.")
+        models.append(load_bundle(sub)[0])
+    return Ensemble(models).eval()
 
 
 def add_adapter(model: nn.Module, folder: str | Path, name: str) -> Manifest:
@@ -240,9 +260,13 @@ def average_adapters(folders: Sequence[Path], out: Path) -> None:
 
 def merge_bundle(folder: str | Path, out: str | Path) -> Path:
     """Fold LoRA into the base weights; save a plain Transformers model + tokenizer + manifest."""
-    model, tokenizer, man = load_bundle(folder)
+    man = Manifest.read(folder)
+    if man.kind == "ensemble":
+        raise BundleError(f"{folder}: an ensemble of {len(man.members or [])} models (--train.ensemble) cannot be folded "
+                          "into one model; predict, serve, evaluate and export read the run folder as it is.")
     if man.kind != "adapter":
         raise BundleError(f"{folder}: already a merged model; nothing to merge.")
+    model, tokenizer, man = load_bundle(folder)
     out = Path(out)
     with new_folder(out, hint="choose a new output folder or remove it") as tmp:
         save_merged(model.merge_and_unload(), tokenizer, man, tmp)

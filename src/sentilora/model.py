@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -301,6 +302,41 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
+
+
+# ---- several models as one ----------------------------------------------------------------------
+
+
+class Ensemble(nn.Module):
+    """Classifiers of one task whose class probabilities are averaged (`--train.ensemble`). Its logits are the
+    log of the mean probability, so softmax, calibration, argmax and gradients read it like one model's."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        self.members = nn.ModuleList(members)
+        self._output = SequenceClassifierOutput
+
+    @property
+    def config(self) -> Any:
+        return self.members[0].config
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        logp = torch.stack([torch.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits.float(), -1)
+                            for m in self.members])
+        return self._output(logits=torch.logsumexp(logp, 0) - math.log(len(self.members)))
+
+    def merge_and_unload(self) -> Ensemble:
+        """Each member's LoRA folded into its weights (faster prediction)."""
+        return Ensemble([m.merge_and_unload() if hasattr(m, "merge_and_unload") else m for m in self.members])
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.members[0].get_input_embeddings()  # LoRA leaves the embeddings alone: the members' are the base's
+
+    def set_attn_implementation(self, implementation: str) -> None:
+        for m in self.members:
+            m.set_attn_implementation(implementation)
 
 
 # ---- encoder structure -------------------------------------------------------------------------

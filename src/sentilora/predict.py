@@ -218,7 +218,7 @@ class Classifier:
         if threads:
             torch.set_num_threads(threads)
         model, tokenizer, manifest = load_bundle(path)
-        if merge and manifest.kind == "adapter":
+        if merge and manifest.kind in ("adapter", "ensemble"):
             model = model.merge_and_unload()
         return cls(model, tokenizer, manifest, device=device, precision=precision, max_length=max_length)
 
@@ -234,6 +234,8 @@ class Classifier:
             raise BundleError("an ONNX classifier is saved by `sentilora export`; copy its folder instead.")
         if self.weights_cast:
             raise BundleError("this classifier holds bf16 inference weights; load it with precision='fp32' to save it.")
+        if self.manifest.kind == "ensemble":
+            raise BundleError("an ensemble (--train.ensemble) is saved as its run folder, members/ included; copy that folder.")
         with new_folder(path) as tmp:
             if hasattr(self.model, "peft_config"):
                 save_bundle(self.model, self.tokenizer, self.manifest, tmp)

@@ -71,7 +71,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     train_seconds: float = 0.0
-    models: int = 1  # --train.soup: models averaged into the bundle
+    models: int = 1  # --train.soup / --train.ensemble: models combined into the bundle
+    combined: str = ""  # how: "soup" (weights averaged) or "ensemble" (probabilities averaged)
 
 
 def train(
@@ -88,9 +89,9 @@ def train(
     `snapshot_minutes` (e.g. ``(15, 30)``) also saves the model as it is at those minutes of
     training to ``out_dir/snapshots/<N>min/``, a loadable bundle (learning curves against time).
 
-    With --train.soup N the first model trains in `out_dir` as
-    above, the others in ``out_dir/members/seed-<seed>/``, and `out_dir` ends up holding their
-    average (`_soup`); snapshots are of the first model.
+    With --train.soup N or --train.ensemble N the first model trains in `out_dir` as above, the others
+    in ``out_dir/members/seed-<seed>/``, and `out_dir` ends up holding their average or naming them all
+    (`_soup`); snapshots are of the first model.
 
     Under torchrun or accelerate launch every process calls this with the same arguments and they
     train one model together (see `sentilora.distributed`): each step, every process takes its share
@@ -110,7 +111,7 @@ def train(
             result = trainer.run(snapshot_minutes)
             cfg = trainer.cfg
             del trainer  # its model and data: the soup's other models load their own
-            if cfg.train.soup == 1:
+            if models(cfg.train) == 1:
                 return result
         return _soup(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
 
@@ -273,7 +274,7 @@ class Trainer:
         # --train.batch_size is per process: a step takes a global batch of world x batch_size texts and
         # deals it out (train_step.optim_step), so steps per epoch and the schedule follow the global batch.
         self.global_batch = t.batch_size * dd.world_size
-        self.max_minutes = _budget(t)  # a --train.soup's models share the budget
+        self.max_minutes = _budget(t)  # a --train.soup's or --train.ensemble's models share the budget
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ids) / self.global_batch) / t.grad_accum)
         self.contrastive_steps = (t.contrastive_steps if t.contrastive_steps is not None
                                   else auto_steps(self.train_y, t.batch_size))
@@ -286,6 +287,10 @@ class Trainer:
                             "with %d classes and %d stage steps it is ignored", len(s.data.label_names), self.contrastive_steps)
             else:
                 log.info("ordered classes in the contrastive stage: neighbours pulled to similarity %g", t.contrastive_ordinal)
+        if (t.ensemble or 1) > 1 and cfg.train.soup == 1 and dd.is_main and not resume:
+            log.info("%d models will be trained, seeds %d to %d, and their class probabilities averaged "
+                     "(--train.ensemble %d; 1 trains one model)", t.ensemble, t.seed,
+                     t.seed + t.ensemble - 1, t.ensemble)
         if s.recipe is R.MANY_SHORT and dd.is_main and not resume:
             log.info("%d short training texts (median %d tokens): %s (--preset auto; flags override each)",
                      len(self.train_ids), int(np.median(self.lengths)), R.describe(cfg))
@@ -516,42 +521,51 @@ class Trainer:
         return TrainResult(self.out_dir, state.best["epoch"], state.best, state.history, state.step, state.train_seconds)
 
 
-# ---- the soup --------------------------------------------------------------------------------
+# ---- several models ---------------------------------------------------------------------------
 
-# A model soup (Wortsman et al. 2022): models fine-tuned from one base on the same data, with different
-# seeds (their LoRA init, dropout and batch order), averaged weight by weight. It predicts as fast as one
-# model; bench/recipes.py's *-soup groups measure what it gains and loses (README: 'Several models averaged').
+# Models fine-tuned from one base on the same data and validation split, with different seeds (their LoRA
+# init, head, dropout and batch order), then combined. --train.soup averages them weight by weight (a model
+# soup, Wortsman et al. 2022): one model's size and speed. --train.ensemble keeps them all and averages their
+# class probabilities: N times the prediction cost. bench/recipes.py's *-soup and *-ensemble groups measure
+# what each gains and loses (README: 'Several models').
 MEMBERS = "members"
 
 
+def models(t: TrainConfig) -> int:
+    """How many models the run trains (--train.soup or --train.ensemble; the config allows one of them)."""
+    return max(t.soup, t.ensemble or 1)
+
+
 def _soup_pending(out_dir: Path) -> Config | None:
-    """The run's config, where `out_dir` holds a finished first model of a soup whose average is not
+    """The run's config, where `out_dir` holds a finished first model of several whose combination is not
     written yet; else None."""
     history = out_dir / "history.json"
     if (out_dir / C.CHECKPOINT).is_dir() or not history.is_file() or not (out_dir / "config.yaml").is_file():
         return None
     cfg = Config.from_yaml(out_dir / "config.yaml")
-    return cfg if cfg.train.soup > 1 and "soup" not in read_json_object(history) else None
+    done = {"soup", "ensemble"} & set(read_json_object(history))
+    return cfg if models(cfg.train) > 1 and not done else None
 
 
 def _budget(t: TrainConfig) -> float | None:
-    """Minutes of --train.max_minutes for one model: the whole run's, shared among a soup's models."""
-    return t.max_minutes / t.soup if t.max_minutes else None
+    """Minutes of --train.max_minutes for one model: the whole run's, shared among its models."""
+    return t.max_minutes / models(t) if t.max_minutes else None
 
 
 def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, on_step: StepHook | None) -> TrainResult:
-    """Train the soup's other models (after the first, in `out_dir`), each a run of its own in
-    members/seed-N (resumable, loadable), then write their average into `out_dir` and score it."""
+    """Train the run's other models (after the first, in `out_dir`), each a run of its own in
+    members/seed-N (resumable, loadable), then write their combination into `out_dir` and score it:
+    their averaged adapter (--train.soup), or a manifest naming them all (--train.ensemble)."""
     t = cfg.train
-    n = t.soup
+    n, how = models(t), ("ensemble" if (t.ensemble or 1) > 1 else "soup")
     seeds = [t.seed + i for i in range(n)]
     folders = [out_dir / MEMBERS / f"seed-{seed}" for seed in seeds]
     dd.on_main(lambda: _keep_first(out_dir, folders[0]))
-    share = replace(t, soup=1, max_minutes=_budget(t))
+    share = replace(t, soup=1, ensemble=1, max_minutes=_budget(t))
     for i, (seed, folder) in enumerate(zip(seeds[1:], folders[1:]), 2):
         if (folder / MANIFEST).is_file():
             continue  # trained before a --resume (the manifest is the last file a finished run writes)
-        log.info("model %d of %d (--train.soup), seed %d -> %s", i, n, seed, folder)
+        log.info("model %d of %d (--train.%s), seed %d -> %s", i, n, how, seed, folder)
         member = replace(cfg, train=replace(share, seed=seed))
         again = resume and (folder / C.CHECKPOINT).is_dir()
         if not again:  # stopped before its first checkpoint: start it afresh
@@ -560,8 +574,13 @@ def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, o
     histories = [read_json_object(f / "history.json") for f in folders]
 
     def write() -> None:
-        remove(out_dir / "adapter")  # member 0 keeps its copy; a --resume rebuilds the soup from the members
-        average_adapters(folders, out_dir / "adapter")
+        remove(out_dir / "adapter")  # member 0 keeps its copy; a --resume combines the members again
+        if how == "soup":
+            average_adapters(folders, out_dir / "adapter")
+            return
+        first = Manifest.read(folders[0])
+        Manifest(**{**first.__dict__, "kind": "ensemble",
+                    "members": [str(f.relative_to(out_dir)) for f in folders]}).save(out_dir)
 
     dd.on_main(write)
     metrics = _score(cfg, out_dir, dd)
@@ -569,14 +588,14 @@ def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, o
     seconds = round(sum(h["train_seconds"] for h in histories), 2)
     members = [{"seed": seed, "folder": str(f.relative_to(out_dir)), "best": h["epochs"][h["best_epoch"] - 1],
                 "train_seconds": h["train_seconds"]} for seed, f, h in zip(seeds, folders, histories)]
-    history |= {"train_seconds": seconds, "soup": {"validation": metrics, "members": members}}
+    history |= {"train_seconds": seconds, how: {"validation": metrics, "members": members}}
     dd.on_main(lambda: atomic_write_json(out_dir / "history.json", history))
     if metrics:
         each = ", ".join(f"{h['epochs'][h['best_epoch'] - 1].get(t.select_metric, float('nan')):.4f}" for h in histories)
-        log.info("soup of %d models: validation %s %.4f (the models alone: %s)", n, t.select_metric,
+        log.info("%s of %d models: validation %s %.4f (the models alone: %s)", how, n, t.select_metric,
                  metrics.get(t.select_metric, float("nan")), each)
     return TrainResult(out_dir, history["best_epoch"], metrics or history["epochs"][history["best_epoch"] - 1],
-                       history["epochs"], sum(h["steps"] for h in histories), seconds, n)
+                       history["epochs"], sum(h["steps"] for h in histories), seconds, n, how)
 
 
 def _keep_first(out_dir: Path, folder: Path) -> None:
