@@ -129,3 +129,10 @@ def test_an_ensemble_exports_to_onnx_and_passes_the_parity_gate(ensemble_run, tm
     assert check["passed"] and check["label_agreement"] >= 0.995 and check["max_prob_diff"] < 1e-3
     onnx = Classifier.load(tmp_path / "onnx")
     np.testing.assert_allclose(onnx.predict_proba(TEXTS), Classifier.load(run, precision="fp32").predict_proba(TEXTS), atol=1e-4)
+
+
+def test_an_ensemble_explains_its_averaged_prediction(ensemble_run):
+    clf = Classifier.load(ensemble_run[0], precision="fp32")
+    (e,) = clf.explain("a great and wonderful film", steps=64)
+    assert e.predicted == clf.predict("a great and wonderful film") and [w.word for w in e.words][:2] == ["a", "great"]
+    assert abs(e.gap) < 0.05 * max(1.0, abs(e.logit - e.baseline_logit))  # integrated gradients add up through the average
