@@ -449,7 +449,7 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
         out["train"].pop("ordinal_smoothing", None)
     if out["train"].get("soup", 1) == 1:  # --train.soup, added 2026-12-07; one model, a cell keeps its key
         out["train"].pop("soup", None)
-    if (out["train"].get("ensemble") or 1) == 1:  # --train.ensemble, added in the tenth session; likewise
+    if out["train"].get("ensemble", 1) == 1:  # --train.ensemble, added in the tenth session; likewise
         out["train"].pop("ensemble", None)
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:

@@ -234,6 +234,9 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # 0.883; the bf16 draws are the Zen 4 ones to 4 decimals). Precision is no lever for the goals; auto stays
     # bf16 where the CPU has it.
     "sst5-16-precision": ("sst5", 16, tuple(range(10)), {"fp32": {"train.precision": "fp32"}}),
+    # Tenth session (Xeon, fp32): 3 models per draw, kept in the run's members/ so that averaging their
+    # class probabilities (an ensemble) can be scored beside the averaged weights (the soup row).
+    "sst5-16-ensemble": ("sst5", 16, tuple(range(10)), {"3 models averaged": {"train.soup": 3}}),
     **{f"{ds}-full-precision": (ds, None, (0, 1, 2), {"auto (fp32 on this CPU)": {}, "bf16": {"train.precision": "bf16"}})
        for ds in ("sst5", "sst2")},
     # Retired: sst5-full-soup-one-start, 3 models that shared their starting weights (LoRA init, head) and differed

@@ -100,7 +100,7 @@ def tiny_config(model: Path, train: Path, test: Path, **overrides: object):
     cfg = Config().override({
         "model.name": str(model), "model.max_length": 32,
         "data.source": str(train), "data.test_file": str(test), "data.val_fraction": 0.25, "data.min_held_out": 0,
-        "train.min_steps": 0, "train.contrastive_steps": 0, "train.ensemble": 1,
+        "train.min_steps": 0, "train.contrastive_steps": 0,
         "train.epochs": 2, "train.batch_size": 8, "train.lr": 5e-3, "train.precision": "fp32",
         "train.device": os.environ.get("SENTILORA_TEST_DEVICE", "cpu"), "train.warmup_ratio": 0.0, "eval.batch_size": 16,
     })

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 # only, so the frozen-prefix cache is on.
 FLAGS = ["--model.max_length", "32", "--train.epochs", "3", "--train.precision", "fp32", "--train.device", "cpu",
          "--data.val_fraction", "0.25", "--data.min_held_out", "0", "--train.min_steps", "0", "--train.contrastive_steps", "0", "--train.lr", "5e-2",
-         "--lora.layers", "1", "--train.ensemble", "1"]
+         "--lora.layers", "1"]
 TIMEOUT = 180
 
 

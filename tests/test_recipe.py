@@ -76,21 +76,6 @@ def test_a_few_long_texts_are_read_whole_up_to_512_tokens():
     assert length(few_long, Config().override({"model.max_length": 128})) == 128  # the user's value wins
 
 
-def test_short_texts_in_small_classes_train_an_ensemble():
-    def models(lengths, labels, cfg=Config()):
-        return R.resolve(cfg, lengths, SST5, labels=labels)[0].train.ensemble
-
-    small, large = [0, 1, 2, 3, 4] * (AUTO_BELOW - 1), [0, 1, 2, 3, 4] * AUTO_BELOW
-    assert models(SHORT[: len(small)], small) == R.ENSEMBLE == 3
-    assert models(SHORT[: len(large)], large) == 1  # 40 per class: no contrastive stage, one model
-    assert models(LONG[: len(small)], small) == 1  # long texts: not measured, and 3x would pass SetFit's time
-    assert models(SHORT[: len(small)], None) == 1  # classes unknown count as large
-    assert models(SHORT[: len(small)], small, Config().override({"train.ensemble": 1})) == 1  # the user's value wins
-    assert models(SHORT[: len(small)], small, Config().override({"train.soup": 2})) == 1  # a soup combines by weight
-    assert R.resolve(Config(), SHORT[:30], BINARY, labels=[0, 1] * 15)[0].train.ensemble == 1  # SetFit is quick there
-    assert "3 models whose probabilities are averaged" in R.describe(R.resolve(Config(), SHORT[: len(small)], SST5, labels=small)[0])
-
-
 def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(R, "MANY_TEXTS", 30)  # the tiny data set (36 training texts of ~10 tokens) counts as many
     train_csv, test_csv = dataset()

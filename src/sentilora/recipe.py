@@ -16,9 +16,6 @@ alone (sentilora.contrastive.small_classes: 40 or more texts in each), else STAN
 texts are worth reading further, and the cost stays small. Where the classes are smaller the
 contrastive stage runs, and 512 tokens made it 4x slower for no gain.
 
---train.ensemble left unset is ENSEMBLE models (their class probabilities averaged) for short texts in 3
-or more classes small enough for the contrastive stage, else 1.
-
 --lora.alpha left unset is twice the rank. --train.ordinal_smoothing left unset is ORDINAL_SMOOTHING
 for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale in its order (3 or more
 of "very negative" .. "very positive"), else 0. The small-data rules (a contrastive stage under 40
@@ -73,12 +70,6 @@ MANY_SHORT = Recipe("many short texts", "all", 16, 1e-3, 2)
 # answers from the end classes to the more frequent middle ones. Off where it lost: full SST-5 (0.484 at
 # 0.2, 0.470 at 0.4, against 0.486) and long reviews (P3 at 16 per class: 0.410 at 0.2 against 0.428).
 ORDINAL_SMOOTHING = 0.2
-# bench/recipes.py's *-16-ensemble groups, validation accuracy of 3 models' averaged probabilities against the
-# first of them alone (the one model a run trains otherwise), 10 draws each: SST-5 at 16 per class ENSEMBLE_SST5,
-# SST-2 ENSEMBLE_SST2. 3x the training and prediction time. Where SetFit is quick (2 classes: 20 s at 16 short
-# texts per class) 3 models would take longer than it; on 5 classes (194 s) they stay well under (README:
-# 'Several models'). Long texts are not measured (IMDB at 16 per class would pass SetFit's time).
-ENSEMBLE = 3
 
 
 def choose(lengths: Sequence[int]) -> Recipe:
@@ -92,12 +83,6 @@ def ordinal_smoothing(lengths: Sequence[int], label_names: list[str]) -> float:
     """--train.ordinal_smoothing's value when unset: ORDINAL_SMOOTHING for a few short texts on the sentiment scale."""
     few_short = len(lengths) < MANY_TEXTS and float(np.median(lengths)) <= SHORT_TOKENS
     return ORDINAL_SMOOTHING if few_short and on_sentiment_scale(label_names) else 0.0
-
-
-def ensemble(lengths: Sequence[int], small: bool, classes: int) -> int:
-    """--train.ensemble's value when unset: ENSEMBLE models for short texts in 3 or more classes small enough
-    for the contrastive stage (`small`: `small_classes`), else 1."""
-    return ENSEMBLE if small and classes >= 3 and float(np.median(lengths)) <= SHORT_TOKENS else 1
 
 
 def max_length(lengths: Sequence[int], small: bool, positions: int | None = None) -> int:
@@ -118,11 +103,9 @@ def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
     tokens per text."""
     recipe = choose(lengths)
     lora, train, model = cfg.lora, cfg.train, cfg.model
-    small = labels is not None and small_classes(labels)
     if model.max_length is None:
+        small = labels is not None and small_classes(labels)
         model = dataclasses.replace(model, max_length=max_length(lengths, small, positions))
-    if train.ensemble is None:  # a --train.soup combines its models by weight instead
-        train = dataclasses.replace(train, ensemble=1 if train.soup > 1 else ensemble(lengths, small, len(label_names)))
     r = lora.r if lora.r is not None else recipe.r
     targets = lora.target_modules or ([recipe.targets] if recipe.targets and has_presets else None)
     lora = dataclasses.replace(lora, r=r, alpha=lora.alpha if lora.alpha is not None else 2 * r, target_modules=targets)
@@ -139,7 +122,7 @@ def describe(cfg: Config) -> str:
     where = ",".join(lora.target_modules) if lora.target_modules else "the architecture's default layers"
     ordinal = f", ordinal smoothing {train.ordinal_smoothing:g}" if train.ordinal_smoothing else ""
     soup = f", {train.soup} models averaged (--train.soup)" if train.soup > 1 else ""
-    if (train.ensemble or 1) > 1:
+    if train.ensemble > 1:
         soup = f", {train.ensemble} models whose probabilities are averaged (--train.ensemble)"
     return (f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}, "
             f"{cfg.model.max_length} tokens per text{soup}")
