@@ -179,8 +179,9 @@ def train(
     if not main_process:
         return
     best = result.best_metrics
-    which = (f"best epoch {result.best_epoch}" if result.models == 1 else f"{result.models} models averaged"
-             if result.combined == "soup" else f"an ensemble of {result.models} models")
+    which = f"best epoch {result.best_epoch}"
+    if result.models > 1:
+        which = f"{result.models} models averaged" if result.combined == "soup" else f"an ensemble of {result.models} models"
     scored = (f"{which} — validation accuracy {best['accuracy']:.4f}, F1 {best['f1']:.4f}"
               if "accuracy" in best else f"{result.best_epoch} epochs, final weights kept (no validation texts held out)")
     out.print(f"[green]done[/]: {scored}; {result.steps} steps in {result.train_seconds:.0f}s. Bundle: {result.run_dir}")

@@ -91,7 +91,7 @@ def train(
 
     With --train.soup N or --train.ensemble N the first model trains in `out_dir` as above, the others
     in ``out_dir/members/seed-<seed>/``, and `out_dir` ends up holding their average or naming them all
-    (`_soup`); snapshots are of the first model.
+    (`_combine`); snapshots are of the first model.
 
     Under torchrun or accelerate launch every process calls this with the same arguments and they
     train one model together (see `sentilora.distributed`): each step, every process takes its share
@@ -103,17 +103,17 @@ def train(
     out_dir = Path(out_dir)
     with D.process_group() as dd:
         show = progress and dd.is_main
-        pending = _soup_pending(out_dir) if resume else None
-        if pending is not None:  # the first model is done; the soup goes on below
+        pending = _combine_pending(out_dir) if resume else None
+        if pending is not None:  # the first model is done; the others go on below
             cfg = pending
         else:
             trainer = Trainer(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
             result = trainer.run(snapshot_minutes)
             cfg = trainer.cfg
-            del trainer  # its model and data: the soup's other models load their own
+            del trainer  # its model and data: the other models load their own
             if models(cfg.train) == 1:
                 return result
-        return _soup(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
+        return _combine(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
 
 
 # ---- setup -----------------------------------------------------------------------------------
@@ -526,8 +526,8 @@ class Trainer:
 # Models fine-tuned from one base on the same data and validation split, with different seeds (their LoRA
 # init, head, dropout and batch order), then combined. --train.soup averages them weight by weight (a model
 # soup, Wortsman et al. 2022): one model's size and speed. --train.ensemble keeps them all and averages their
-# class probabilities: N times the prediction cost. bench/recipes.py's *-soup and *-ensemble groups measure
-# what each gains and loses (README: 'Several models').
+# class probabilities: N times the prediction cost. bench/recipes.py's *-soup groups and
+# bench/ensemble_members.py measure what each gains and loses (README: 'Several models').
 MEMBERS = "members"
 
 
@@ -536,7 +536,7 @@ def models(t: TrainConfig) -> int:
     return max(t.soup, t.ensemble)
 
 
-def _soup_pending(out_dir: Path) -> Config | None:
+def _combine_pending(out_dir: Path) -> Config | None:
     """The run's config, where `out_dir` holds a finished first model of several whose combination is not
     written yet; else None."""
     history = out_dir / "history.json"
@@ -552,7 +552,7 @@ def _budget(t: TrainConfig) -> float | None:
     return t.max_minutes / models(t) if t.max_minutes else None
 
 
-def _soup(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, on_step: StepHook | None) -> TrainResult:
+def _combine(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool, on_step: StepHook | None) -> TrainResult:
     """Train the run's other models (after the first, in `out_dir`), each a run of its own in
     members/seed-N (resumable, loadable), then write their combination into `out_dir` and score it:
     their averaged adapter (--train.soup), or a manifest naming them all (--train.ensemble)."""
