@@ -237,6 +237,9 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # Tenth session (Xeon, fp32): 3 models per draw, kept in the run's members/ so that averaging their
     # class probabilities (an ensemble) can be scored beside the averaged weights (the soup row).
     "sst5-16-ensemble": ("sst5", 16, tuple(range(10)), {"3 models averaged": {"train.soup": 3}}),
+    # Full SST-5: 3 models whose class probabilities are averaged (--train.ensemble 3), against one model
+    # (sst5-full-regularise's first row, the same draws on this Xeon).
+    "sst5-full-ensemble": ("sst5", None, (0, 1, 2), {"one model": {}, "3 models, probabilities averaged": {"train.ensemble": 3}}),
     **{f"{ds}-full-precision": (ds, None, (0, 1, 2), {"auto (fp32 on this CPU)": {}, "bf16": {"train.precision": "bf16"}})
        for ds in ("sst5", "sst2")},
     # Retired: sst5-full-soup-one-start, 3 models that shared their starting weights (LoRA init, head) and differed
@@ -288,9 +291,8 @@ def _write(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any], *,
-         cached_only: bool = False) -> dict[str, Any] | None:
-    """Train and score one cell in a subprocess (its own peak RSS); cached."""
+def _cell_files(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path, Path, Path]:
+    """A cell's training settings, its cached result file, its run folder and its validation file."""
     train, val, names = data(dataset)
     train = draw(train, per_class, seed)
     tag = f"{dataset}-{per_class or 'full'}-s{seed}"
@@ -301,12 +303,22 @@ def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, An
 
     resolved = config_for_key(Config().override(settings).to_dict(), dataset, per_class)
     key = hashlib.sha256(json.dumps([resolved, str(val_p)], sort_keys=True).encode()).hexdigest()[:12]
-    out = WORK / f"{tag}-{key}.json"
+    return settings, WORK / f"{tag}-{key}.json", WORK / "runs" / f"{tag}-{key}", val_p
+
+
+def run_folder(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any]) -> Path:
+    """Where a cell's trained bundle is (bench/ensemble_members.py reads its members)."""
+    return _cell_files(dataset, per_class, seed, overrides)[2]
+
+
+def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any], *,
+         cached_only: bool = False) -> dict[str, Any] | None:
+    """Train and score one cell in a subprocess (its own peak RSS); cached."""
+    settings, out, run, val_p = _cell_files(dataset, per_class, seed, overrides)
     if out.exists():
         return json.loads(out.read_text())
     if cached_only:
         return None
-    run = WORK / "runs" / f"{tag}-{key}"
     code = ("import json, sys, time, resource\n"
             "from sentilora.config import Config\nfrom sentilora.train import train\nfrom sentilora.evaluate import evaluate_run\n"
             "s = json.loads(sys.argv[1]); t0 = time.perf_counter()\n"
@@ -323,8 +335,8 @@ def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, An
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
     if line is None:
-        sys.exit(f"cell {tag} {overrides} failed:\n{proc.stderr[-3000:]}")
-    row = {"dataset": dataset, "per_class": per_class, "seed": seed, "overrides": overrides, "val_n": len(val),
+        sys.exit(f"cell {run.name} {overrides} failed:\n{proc.stderr[-3000:]}")
+    row = {"dataset": dataset, "per_class": per_class, "seed": seed, "overrides": overrides, "val_n": len(pd.read_parquet(val_p)),
            "cpu": machine_info()["cpu"], **json.loads(line[4:])}
     out.write_text(json.dumps(row, indent=2))
     return row
