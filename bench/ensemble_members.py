@@ -15,6 +15,7 @@ first.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -51,11 +52,11 @@ def main() -> None:
     _, val, names = recipes.data(dataset)
     draws = []
     for seed in seeds:
-        cell = recipes.cell(dataset, per_class, seed, overrides, cached_only=True)
-        if cell is None:
+        files = recipes.cell_files(dataset, per_class, seed, overrides)
+        if not files.result.exists():
             sys.exit(f"{args.group} seed {seed} is not trained yet: python bench/recipes.py --only {args.group}")
-        run = recipes.run_folder(dataset, per_class, seed, overrides)
-        got = {"seed": seed, **score(run, val, names), "soup": round(cell["accuracy"], 4), "soup_f1": round(cell["f1"], 4)}
+        cell = json.loads(files.result.read_text())
+        got = {"seed": seed, **score(files.run, val, names), "soup": round(cell["accuracy"], 4), "soup_f1": round(cell["f1"], 4)}
         print(got, flush=True)
         draws.append(got)
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -291,8 +291,17 @@ def _write(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _cell_files(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path, Path, Path]:
-    """A cell's training settings, its cached result file, its run folder and its validation file."""
+class CellFiles(NamedTuple):
+    settings: dict[str, Any]  # the training overrides
+    result: Path  # the cached row (JSON), once the cell has run
+    run: Path  # its trained bundle
+    val: Path  # the validation file it is scored on
+    val_n: int
+
+
+def cell_files(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any]) -> CellFiles:
+    """Where a cell's result, bundle and data are, by the key of everything that determines it
+    (bench/ensemble_members.py reads a soup cell's members from its bundle)."""
     train, val, names = data(dataset)
     train = draw(train, per_class, seed)
     tag = f"{dataset}-{per_class or 'full'}-s{seed}"
@@ -303,18 +312,13 @@ def _cell_files(dataset: str, per_class: int | None, seed: int, overrides: dict[
 
     resolved = config_for_key(Config().override(settings).to_dict(), dataset, per_class)
     key = hashlib.sha256(json.dumps([resolved, str(val_p)], sort_keys=True).encode()).hexdigest()[:12]
-    return settings, WORK / f"{tag}-{key}.json", WORK / "runs" / f"{tag}-{key}", val_p
-
-
-def run_folder(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any]) -> Path:
-    """Where a cell's trained bundle is (bench/ensemble_members.py reads its members)."""
-    return _cell_files(dataset, per_class, seed, overrides)[2]
+    return CellFiles(settings, WORK / f"{tag}-{key}.json", WORK / "runs" / f"{tag}-{key}", val_p, len(val))
 
 
 def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any], *,
          cached_only: bool = False) -> dict[str, Any] | None:
     """Train and score one cell in a subprocess (its own peak RSS); cached."""
-    settings, out, run, val_p = _cell_files(dataset, per_class, seed, overrides)
+    settings, out, run, val_p, val_n = cell_files(dataset, per_class, seed, overrides)
     if out.exists():
         return json.loads(out.read_text())
     if cached_only:
@@ -336,7 +340,7 @@ def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, An
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
     if line is None:
         sys.exit(f"cell {run.name} {overrides} failed:\n{proc.stderr[-3000:]}")
-    row = {"dataset": dataset, "per_class": per_class, "seed": seed, "overrides": overrides, "val_n": len(pd.read_parquet(val_p)),
+    row = {"dataset": dataset, "per_class": per_class, "seed": seed, "overrides": overrides, "val_n": val_n,
            "cpu": machine_info()["cpu"], **json.loads(line[4:])}
     out.write_text(json.dumps(row, indent=2))
     return row

@@ -197,9 +197,10 @@ def _load_ensemble(folder: Path, man: Manifest) -> Ensemble:
         if not (sub / MANIFEST).is_file():
             raise BundleError(f"{sub}: a model of this ensemble is missing; copy the whole run folder (members/ "
                               "included), or re-train.")
-        if Manifest.read(sub).label_names != man.label_names:
+        model, _, member = load_bundle(sub)
+        if member.label_names != man.label_names:
             raise BundleError(f"{sub}: its classes differ from the ensemble's {man.label_names}; the bundle was altered.")
-        models.append(load_bundle(sub)[0])
+        models.append(model)
     return Ensemble(models).eval()
 
 

@@ -121,8 +121,8 @@ def describe(cfg: Config) -> str:
     lora, train = cfg.lora, cfg.train
     where = ",".join(lora.target_modules) if lora.target_modules else "the architecture's default layers"
     ordinal = f", ordinal smoothing {train.ordinal_smoothing:g}" if train.ordinal_smoothing else ""
-    soup = f", {train.soup} models averaged (--train.soup)" if train.soup > 1 else ""
+    several = f", {train.soup} models averaged (--train.soup)" if train.soup > 1 else ""
     if train.ensemble > 1:
-        soup = f", {train.ensemble} models whose probabilities are averaged (--train.ensemble)"
+        several = f", {train.ensemble} models whose probabilities are averaged (--train.ensemble)"
     return (f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}, "
-            f"{cfg.model.max_length} tokens per text{soup}")
+            f"{cfg.model.max_length} tokens per text{several}")
