@@ -240,6 +240,11 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # Full SST-5: 3 models whose class probabilities are averaged (--train.ensemble 3), against one model
     # (sst5-full-regularise's first row, the same draws on this Xeon).
     "sst5-full-ensemble": ("sst5", None, (0, 1, 2), {"one model": {}, "3 models, probabilities averaged": {"train.ensemble": 3}}),
+    # Eleventh session (Xeon, fp32): full SST-2 and SST-5, under their test goals (0.89, 0.52), on three levers of
+    # the LoRA update itself, against one model of the short-text recipe (the precision groups' first row).
+    **{f"{ds}-full-lora-variants": (ds, None, (0, 1, 2), {
+        "one model": {}, "DoRA": {"lora.dora": True}, "LoRA+ (B at 4x the lr)": {"lora.b_lr_ratio": 4.0},
+        "lr 5e-4, 3 epochs": {"train.lr": 5e-4, "train.epochs": 3}}) for ds in ("sst2", "sst5")},
     **{f"{ds}-full-precision": (ds, None, (0, 1, 2), {"auto (fp32 on this CPU)": {}, "bf16": {"train.precision": "bf16"}})
        for ds in ("sst5", "sst2")},
     # Retired: sst5-full-soup-one-start, 3 models that shared their starting weights (LoRA init, head) and differed

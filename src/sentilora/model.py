@@ -222,11 +222,13 @@ def target_modules(model: nn.Module, override: list[str] | None) -> list[str]:
 
 
 def add_lora(
-    model: nn.Module, *, r: int, alpha: int, dropout: float, targets: list[str], heads: list[str], top_layers: int | None = None
+    model: nn.Module, *, r: int, alpha: int, dropout: float, targets: list[str], heads: list[str], top_layers: int | None = None,
+    dora: bool = False,
 ) -> nn.Module:
     """Wrap the model with LoRA; `heads` are trained in full and saved with the adapter.
 
-    `top_layers` puts LoRA only in that many top encoder layers (the others stay frozen).
+    `top_layers` puts LoRA only in that many top encoder layers (the others stay frozen); `dora` makes it
+    DoRA (PEFT's use_dora: a learned length for each weight column as well).
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -245,6 +247,7 @@ def add_lora(
         target_modules=targets,
         layers_to_transform=layers,
         modules_to_save=list(heads),  # peft appends its own defaults to this list in place
+        use_dora=dora,
     )
     peft_model = get_peft_model(model, cfg)
     untrained = [n for n, p in peft_model.named_parameters() if _is_head_param(n, heads) and not p.requires_grad]
