@@ -130,3 +130,5 @@ def test_loading_a_trained_bundle_prints_no_transformers_load_report(run_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() in ("negative", "positive")
     assert "LOAD REPORT" not in out.stderr and "MISSING" not in out.stderr, out.stderr[-2000:]
+    # Nor the "Loading weights" bar, nor transformers' warning of every layer a sharding plan left unsharded.
+    assert "Loading weights" not in out.stderr and "not sharded" not in out.stderr, out.stderr[-2000:]

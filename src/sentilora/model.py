@@ -120,7 +120,7 @@ def load_base_model(
     try:
         # transformers 5 logs a "LOAD REPORT" table with "Consider training on your downstream task" for the
         # fresh head; here that is expected (training trains it, a bundle supplies it), so the API stays quiet.
-        with _quiet("transformers.modeling_utils"):
+        with _quiet_loading():
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 path,
                 revision=revision,
@@ -145,15 +145,25 @@ def load_base_model(
 
 
 @contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Warnings of `logger_name` (a library's own logger) dropped for the duration."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_loading() -> Iterator[None]:
+    """transformers' load report and its "Loading weights" bar off for the duration. The tensor-parallel
+    logger too: transformers checks a model's sharding plan, and warns of every layer it leaves unsharded,
+    exactly when modeling_utils' own level is WARNING or above."""
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")]
+    levels = [lg.level for lg in loggers]
+    bar = hf_logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def _require_safetensors(path: str) -> None:
