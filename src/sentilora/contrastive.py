@@ -69,6 +69,7 @@ def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator, *,
     """
     y = np.asarray(labels)
     members = {int(c): np.flatnonzero(y == c) for c in np.unique(y)}
+    outside = {c: np.flatnonzero(y != c) for c in members}
     classes = int(y.max()) + 1  # the scale's length, for ordinal_target
     pairs = []
     for k in range(n):
@@ -79,8 +80,7 @@ def draw_pairs(labels: Sequence[int], n: int, rng: np.random.Generator, *,
             j = int(rng.choice(others)) if len(others) else i
             pairs.append((i, j, 1.0))
         else:
-            other = np.flatnonzero(y != y[i])
-            j = int(rng.choice(other))
+            j = int(rng.choice(outside[int(y[i])]))
             pairs.append((i, j, ordinal_target(abs(int(y[i]) - int(y[j])), classes, neighbour)))
     return pairs
 
