@@ -451,10 +451,8 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
         out["train"].pop("soup", None)
     if out["train"].get("ensemble", 1) == 1:  # --train.ensemble, added in the tenth session; likewise
         out["train"].pop("ensemble", None)
-    if not out["lora"].get("dora"):  # --lora.dora and --lora.b_lr_ratio, added in the eleventh session; off, a
-        out["lora"].pop("dora", None)  # cell keeps its key
-    if out["lora"].get("b_lr_ratio", 1) == 1:
-        out["lora"].pop("b_lr_ratio", None)
+    if not out["lora"].get("dora"):  # --lora.dora, added in the eleventh session; off, a cell keeps its key
+        out["lora"].pop("dora", None)
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:
         steps = auto_steps(list(range(classes)) * per_class, out["train"]["batch_size"])

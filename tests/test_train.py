@@ -400,28 +400,3 @@ def test_dora_trains_reloads_and_merges(tiny_models, dataset, tmp_path, precisio
     merged = Classifier.load(merge_bundle(run, tmp_path / "merged"), precision="fp32")
     np.testing.assert_allclose(merged.logits(TEXTS), unmerged.logits(TEXTS), atol=1e-4)
 
-
-def test_lora_plus_gives_b_matrices_their_own_rate(tiny_models, dataset, tmp_path):
-    """--lora.b_lr_ratio: B matrices step at ratio x lr, the rest at lr; 1 leaves one group, as before."""
-    from sentilora.train import _param_groups
-
-    train_csv, test_csv = dataset()
-    runs = {}
-    for ratio in (1.0, 8.0):
-        runs[ratio] = tmp_path / f"r{ratio}"
-        train(tiny_config(tiny_models["bert"], train_csv, test_csv, **{"lora.b_lr_ratio": ratio, "train.epochs": 1,
-                                                                       "train.seed": 3}), runs[ratio], progress=False)
-    from safetensors.torch import load_file
-
-    plain, plus = (load_file(str(runs[r] / "adapter" / "adapter_model.safetensors")) for r in (1.0, 8.0))
-    size = {name: float(t.abs().mean()) for name, t in plain.items()}
-    b = [n for n in plain if "lora_B" in n]
-    # B starts at 0, so its size is what training moved it: much further at 8x the rate.
-    assert b and np.mean([float(plus[n].abs().mean()) / size[n] for n in b]) > 3
-
-    model = Classifier.load(runs[1.0], precision="fp32", merge=False).model
-    for p in model.parameters():
-        p.requires_grad_(True)
-    groups = _param_groups(model, 1e-3, 16.0)
-    assert groups[1]["lr"] == pytest.approx(16e-3) and "lr" not in groups[0]
-    assert len(groups[1]["params"]) == len(b) and len(_param_groups(model, 1e-3, 1.0)) == 1

@@ -84,11 +84,9 @@ class LoraConfig:
         "texts (--preset auto).",
     )
     dora: bool = _f(
-        False, "DoRA (weight-decomposed LoRA): each adapted layer also learns its weights' column lengths. "
-        "Slower per step; measured on full SST-2 and SST-5 validation (README, 'Which setting for which data').")
-    b_lr_ratio: float = _f(
-        1.0, "LoRA+: the learning rate of LoRA's B matrices as a multiple of --train.lr (A matrices and the head "
-        "keep --train.lr). 1 is plain LoRA; the LoRA+ paper suggests 16 at a lower lr.")
+        False, "DoRA (weight-decomposed LoRA, PEFT's use_dora): each adapted layer also learns the length of each "
+        "of its weight's columns. 1.5-2x the training time; on full SST-2 validation 0.883 against 0.880 for LoRA, "
+        "on full SST-5 0.479 against 0.496 (3 draws each; README, 'Configuration').")
     layers: int | None = _f(
         None,
         "Put LoRA only in the top N encoder layers; the lower ones stay frozen (and, with "
@@ -472,7 +470,6 @@ def _range_problems(cfg: Config) -> list[str]:
          "--train.contrastive_ordinal must be in [0, 1): 1 would pull neighbouring classes together as one."),
         (cfg.train.ordinal_smoothing is None or 0.0 <= cfg.train.ordinal_smoothing < 0.5,
          "--train.ordinal_smoothing must be in [0, 0.5): at 0.5 an end class would give its neighbour as much as itself."),
-        (cfg.lora.b_lr_ratio > 0, "--lora.b_lr_ratio must be more than 0 (1 = plain LoRA)."),
         (cfg.train.weight_decay >= 0, "--train.weight_decay must be 0 or more."),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "--train.warmup_ratio must be in [0, 1)."),
         (cfg.train.max_grad_norm >= 0, "--train.max_grad_norm must be 0 (off) or more."),

@@ -190,16 +190,6 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     return _Setup(device, dtype, data, tokenizer, model, heads, targets, fp, positions, enc, prefix, pooling, cfg, recipe)
 
 
-def _param_groups(model: torch.nn.Module, lr: float, b_lr_ratio: float) -> list[dict[str, Any]]:
-    """The trainable weights as AdamW groups: LoRA's B matrices at `b_lr_ratio` x `lr` (LoRA+), the rest at `lr`.
-    The schedule scales each group's rate alike. One group when the ratio is 1, as before the option."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if b_lr_ratio == 1:
-        return [{"params": [p for _, p in named]}]
-    b = [p for n, p in named if "lora_B" in n]
-    return [{"params": [p for n, p in named if "lora_B" not in n]}, {"params": b, "lr": lr * b_lr_ratio}]
-
-
 SMALL_CLASS = 200  # training texts per class below which a fine-tuned model is unreliable
 SMALL_VALIDATION = 50
 
@@ -316,7 +306,7 @@ class Trainer:
         dd.broadcast_tensors(self.params)  # the same seed gives the same init everywhere; this makes sure of it
         if dd.rank:  # rank 0 keeps the one-process stream; the others get their own dropout masks
             torch.manual_seed(int(np.random.SeedSequence([t.seed, dd.rank]).generate_state(1)[0]))
-        self.optim = torch.optim.AdamW(_param_groups(s.model, t.lr, cfg.lora.b_lr_ratio), lr=t.lr, weight_decay=t.weight_decay)
+        self.optim = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
         self.plan = LinearSchedule(int(t.warmup_ratio * total_steps), total_steps, t.warmup_ratio)
