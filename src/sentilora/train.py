@@ -10,8 +10,9 @@ The same loop runs data-parallel under torchrun or accelerate launch (`sentilora
 every process builds the same global batches and trains on its share of each, so the run does not
 depend on how the global batch is split across processes.
 
-About 400 lines: the `Trainer` keeps setup, the loop, validation, checkpoints and the time budget
-side by side; the step maths is `train_step.py`, checkpoints `checkpoint.py`, the LR plan `schedule.py`.
+About 600 lines: the `Trainer` keeps setup, the loop, validation, checkpoints and the time budget
+side by side, and the runs of several models (--train.soup, --train.ensemble) come last (`_combine`);
+the step maths is `train_step.py`, checkpoints `checkpoint.py`, the LR plan `schedule.py`.
 """
 
 from __future__ import annotations
