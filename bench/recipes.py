@@ -251,7 +251,8 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
         "one model": {}, "DoRA": {"lora.dora": True}, "lr 5e-4, 3 epochs": {"train.lr": 5e-4, "train.epochs": 3}}),
     "sst5-full-lora-variants": ("sst5", None, (0, 1, 2), {"one model": {}, "DoRA": {"lora.dora": True}}),
     # Full SST-2, under its test goal (0.89): 3 models whose class probabilities are averaged (--train.ensemble 3),
-    # as sst5-full-ensemble measured on SST-5.
+    # as sst5-full-ensemble measured on SST-5. Won every draw: 0.888 (0.882, 0.890, 0.891) against 0.880 (0.875,
+    # 0.886, 0.878), in 452-492 s of training against 114-125 s (SST-5 lost: 0.491 against 0.496).
     "sst2-full-ensemble": ("sst2", None, (0, 1, 2), {"one model": {}, "3 models, probabilities averaged": {"train.ensemble": 3}}),
     **{f"{ds}-full-precision": (ds, None, (0, 1, 2), {"auto (fp32 on this CPU)": {}, "bf16": {"train.precision": "bf16"}})
        for ds in ("sst5", "sst2")},
