@@ -43,6 +43,7 @@ def test_none_resets_optional():
         ({"train.soup": "0"}, "--train.soup must be at least 1"),
         ({"train.ensemble": "0"}, "--train.ensemble must be at least 1"),
         ({"train.soup": "2", "train.ensemble": "2"}, "set one of them"),
+        ({"train.soup": "3", "lora.dora": "true"}, "drop --lora.dora, or combine DoRA models with --train.ensemble"),
         ({"data.val_fraction": "1.5"}, "--data.val_fraction must be between 0 and 1"),
         ({"train.contrastive_ordinal": "1"}, "--train.contrastive_ordinal must be in [0, 1)"),
         ({"train.precision": "fp16", "train.device": "cpu"}, "fp16 needs a CUDA GPU"),

@@ -397,6 +397,8 @@ def test_dora_trains_reloads_and_merges(tiny_models, dataset, tmp_path, precisio
         assert val["loss"] == pytest.approx(result.best_metrics["loss"], abs=1e-6)
     unmerged = Classifier.load(run, precision="fp32", merge=False)
     assert any("lora_magnitude_vector" in n for n, _ in unmerged.model.named_parameters())
+    lora_b = [p for n, p in unmerged.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().max() > 0 for p in lora_b), "LoRA weights never moved; the merge check would be vacuous"
     merged = Classifier.load(merge_bundle(run, tmp_path / "merged"), precision="fp32")
     np.testing.assert_allclose(merged.logits(TEXTS), unmerged.logits(TEXTS), atol=1e-4)
 

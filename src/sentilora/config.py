@@ -466,6 +466,9 @@ def _range_problems(cfg: Config) -> list[str]:
         (cfg.train.ensemble >= 1, "--train.ensemble must be at least 1 (1: one model)."),
         (cfg.train.soup == 1 or cfg.train.ensemble == 1,
          "--train.soup and --train.ensemble each combine several models (weights or probabilities): set one of them."),
+        (cfg.train.soup == 1 or not cfg.lora.dora,
+         "--train.soup averages LoRA weights exactly by stacking their ranks, which DoRA's column lengths do not "
+         "allow: drop --lora.dora, or combine DoRA models with --train.ensemble instead."),
         (cfg.train.lr is None or cfg.train.lr > 0, "--train.lr must be positive, e.g. 5e-4 (or unset)."),
         (0.0 <= cfg.train.contrastive_ordinal < 1.0,
          "--train.contrastive_ordinal must be in [0, 1): 1 would pull neighbouring classes together as one."),
