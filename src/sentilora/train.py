@@ -527,7 +527,7 @@ class Trainer:
 # Models fine-tuned from one base on the same data and validation split, with different seeds (their LoRA
 # init, head, dropout and batch order), then combined. --train.soup averages them weight by weight (a model
 # soup, Wortsman et al. 2022): one model's size and speed. --train.ensemble keeps them all and averages their
-# class probabilities: N times the prediction cost. bench/recipes.py's *-soup groups and
+# class probabilities: N times the prediction cost. bench/recipes.py's *-soup and *-ensemble groups and
 # bench/ensemble_members.py measure what each gains and loses (README: 'Several models').
 MEMBERS = "members"
 
