@@ -90,3 +90,10 @@ def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path,
     assert saved["model"]["max_length"] == 128  # 256 for short texts, capped at the tiny encoder's 128 positions
     assert "training reads up to 128 tokens per text" in caplog.text
     assert "short training texts" in caplog.text and "LoRA r16 (alpha 32) on all, lr 0.001, 2 epochs" in caplog.text
+
+
+def test_the_log_line_names_the_adapter_kind_and_the_models_trained():
+    cfg, _ = R.resolve(Config().override({"lora.dora": True, "train.ensemble": 3}), SHORT, BINARY)
+    line = R.describe(cfg)
+    assert line.startswith("DoRA r16 (alpha 32) on all") and "3 models whose probabilities are averaged" in line
+    assert R.describe(R.resolve(Config(), SHORT, BINARY)[0]).startswith("LoRA r16")

@@ -124,5 +124,6 @@ def describe(cfg: Config) -> str:
     several = f", {train.soup} models averaged (--train.soup)" if train.soup > 1 else ""
     if train.ensemble > 1:
         several = f", {train.ensemble} models whose probabilities are averaged (--train.ensemble)"
-    return (f"LoRA r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}, "
+    kind = "DoRA" if lora.dora else "LoRA"
+    return (f"{kind} r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}, "
             f"{cfg.model.max_length} tokens per text{several}")
