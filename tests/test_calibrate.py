@@ -206,3 +206,19 @@ def _manifest(**kw: object) -> Manifest:
     base = dict(kind="adapter", base_model="x", base_revision=None, base_fingerprint="0", label_names=["negative", "positive"],
                 head_modules=["classifier"], target_modules=["query"], max_length=32, truncation="head_tail")
     return Manifest(**{**base, **kw})
+
+
+def test_calibrate_logs_its_warning_and_calls_the_file_validation(binary_run, tmp_path):
+    """A small calibration set is one clean log line, not Python's warning with its source path and code;
+    the file calibrate fits on is its validation rows, not test rows."""
+    run = tmp_path / "run"
+    shutil.copytree(binary_run[0], run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = CliRunner().invoke(app, ["calibrate", str(run), "--data", str(binary_run[1])], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())  # the console wraps long lines
+    assert "WARNING fitting a temperature on only 24 rows; it will be noisy." in said
+    assert "loaded 24 validation rows from" in said and "test rows" not in said
+    assert "UserWarning" not in said and "calibrate.py" not in said
+    assert not [w for w in caught if "temperature" in str(w.message)]

@@ -45,7 +45,7 @@ def test_cli_end_to_end(tiny_models, dataset, tmp_path):
     from sentilora import Classifier
 
     clf = Classifier.load(run)
-    printed = [json.loads(line) for line in _json_objects(r.output)]
+    printed = _json_lines(r.stdout)
     assert [p["label"] for p in printed] == clf.predict(["It was good.", "Not a fan, don't recommend."])
     np.testing.assert_allclose([list(p["probs"].values()) for p in printed],
                                clf.predict_proba(["It was good.", "Not a fan, don't recommend."]), atol=1e-6)
@@ -66,21 +66,15 @@ def test_cli_end_to_end(tiny_models, dataset, tmp_path):
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
     r = invoke("predict", tmp_path / "merged", "great film", "--json")
     assert r.exit_code == 0 and '"label"' in r.output
-    merged = json.loads(_json_objects(r.output)[0])
+    [merged] = _json_lines(r.stdout)
     np.testing.assert_allclose(list(merged["probs"].values()), clf.predict_proba(["great film"])[0], atol=1e-4)
 
 
-def _json_objects(output: str) -> list[str]:
-    """The JSON objects `--json` printed (rich may spread one over several lines)."""
-    objs, depth, start = [], 0, 0
-    for i, ch in enumerate(output):
-        if ch == "{":
-            depth, start = depth + 1, i if depth == 0 else start
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                objs.append(output[start : i + 1])
-    return objs
+def _json_lines(stdout: str) -> list[dict]:
+    """What `predict --json` printed, read as JSON Lines: every line one complete object, nothing else."""
+    lines = stdout.splitlines()
+    assert lines and all(line.startswith("{") and line.endswith("}") for line in lines), stdout
+    return [json.loads(line) for line in lines]
 
 
 def _write(path, content: bytes | str):
@@ -125,7 +119,13 @@ def test_predict_and_evaluate_errors(tmp_path):
     assert r.exit_code == 2 and "no such run folder" in r.output
     (tmp_path / "half").mkdir()
     r = invoke("evaluate", tmp_path / "half")
-    assert r.exit_code == 2 and "not a sentilora bundle" in r.output
+    assert r.exit_code == 2 and "not a sentilora bundle" in r.output and "--resume" not in r.output
+    (tmp_path / "half" / "config.yaml").write_text("{}\n")  # what an interrupted training run leaves
+    r = invoke("evaluate", tmp_path / "half")
+    assert r.exit_code == 2 and "interrupted run" in r.output and "--resume" in r.output
+    (tmp_path / "f.csv").write_text("text\nhi\n")
+    r = invoke("evaluate", tmp_path / "f.csv")
+    assert r.exit_code == 2 and "is a file, not a run folder" in r.output
     r = invoke("predict", tmp_path / "half")
     assert r.exit_code == 2 and "give either texts" in r.output
 
@@ -184,3 +184,66 @@ def test_file_system_errors_are_one_line(trained_run, tmp_path, monkeypatch):
     message = r.output.strip()
     assert r.exit_code == 2 and "\n" not in message
     assert "part-000000.csv: no space left on the device; free some space or write elsewhere." in message
+    assert not (tmp_path / "full.csv.parts").exists()  # nothing finished, nothing to resume: the next run starts clean
+
+
+def test_predict_file_mistakes_do_not_block_the_next_run(trained_run, tmp_path):
+    run = trained_run("bert")
+    good = tmp_path / "test.csv"
+    pd.DataFrame({"text": ["a good film", "dull and boring"]}).to_csv(good, index=False)
+    (tmp_path / "header_only.csv").write_text("text,label\n")
+    r = invoke("predict", run, "--input", tmp_path / "header_only.csv", "--output", tmp_path / "o8.csv")
+    assert r.exit_code == 2 and r.output.startswith("error:") and "no rows to score" in r.output
+    r = invoke("predict", run, "--input", good, "--output", tmp_path / "o8.csv", "--text-column", "review")
+    assert r.exit_code == 2 and "no column 'review'" in r.output
+    r = invoke("predict", run, "--input", good, "--output", tmp_path / "o8.csv")
+    assert r.exit_code == 0, r.output  # before: "o8.csv.parts: an unfinished job is there"
+    assert len(pd.read_csv(tmp_path / "o8.csv")) == 2 and not (tmp_path / "o8.csv.parts").exists()
+
+
+def test_predict_refuses_to_overwrite_its_input(trained_run, tmp_path, monkeypatch):
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["a good film", "dull"]}).to_csv(src, index=False)
+    before = src.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    r = invoke("predict", trained_run("bert"), "--input", src, "--output", "./in.csv")
+    assert r.exit_code == 2 and r.output.startswith("error:") and "that is the --input file" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and src.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-length", "--threads", "--chunk-rows"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_predict_refuses_non_positive_counts(trained_run, flag, value):
+    r = invoke("predict", trained_run("bert"), "good", flag, value)
+    assert r.exit_code == 2 and r.output.startswith(f"error: {flag} {value}: must be at least 1")
+
+
+def test_predict_says_a_file_is_not_a_run_folder(tmp_path):
+    f = tmp_path / "reviews.csv"
+    f.write_text("text\ngood\n")
+    r = invoke("predict", f, "good")
+    assert r.exit_code == 2 and "reviews.csv: is a file, not a run folder" in r.output and "--input" in r.output
+
+
+def test_predict_json_is_json_lines(trained_run):
+    texts = ["a good film " * 30, 'she said "dull" [twice]', "café ünïcode"]
+    r = invoke("predict", trained_run("bert"), *texts, "--json")
+    assert r.exit_code == 0, r.output
+    rows = _json_lines(r.stdout)  # before: rich's pretty-printed objects, several lines each
+    assert [row["text"] for row in rows] == texts and all(set(row) == {"text", "label", "probs"} for row in rows)
+
+
+def test_predict_counts_rows_in_good_english(trained_run, tmp_path):
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"id": [1, 2], "text": ["a good film", ""]}).to_csv(src, index=False)
+    r = invoke("predict", trained_run("bert"), "--input", src, "--output", tmp_path / "out.csv")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.stdout.split())  # rich wraps long lines
+    assert said.startswith("scored 2 rows ->") and said.endswith("; 1 row could not be scored (see the error column)")
+
+
+def test_version_prints_the_installed_version():
+    from sentilora.bundle import sentilora_version
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"sentilora {sentilora_version()}"

@@ -73,6 +73,12 @@ def test_unknown_yaml_keys(tmp_path):
         Config.from_yaml(path)
     with pytest.raises(ConfigError, match="config file not found"):
         Config.from_yaml(tmp_path / "missing.yaml")
+    path.write_text("train:\n  epochs: x\n")  # a bad value names the file it is in
+    with pytest.raises(ConfigError, match=r"bad.yaml: --train.epochs must be a whole number"):
+        Config.from_yaml(path)
+    path.write_text("train: {epochs: 3\nlora: {r: 8}\n")  # broken YAML names the line
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+: "):
+        Config.from_yaml(path)
 
 
 def test_parse_overrides_rejects_stray_arguments():

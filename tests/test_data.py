@@ -186,6 +186,30 @@ def test_label_names_argument_maps_string_and_int_labels(tmp_path: Path) -> None
         load_data(cfg, need=("train",), label_names=["a", "b"])
 
 
+def test_integer_labels_that_are_not_indices_are_class_names(tmp_path: Path, caplog) -> None:
+    stars = "text,label\n" + "".join(f"text {i},{1 + i % 5}\n" for i in range(10))  # ratings 1..5: no class 0
+    with caplog.at_level(logging.INFO, logger="sentilora.data"):
+        data = load(tmp_path, {"r.csv": stars, "t.csv": "text,label\na,5\nb,1\n"}, source="r.csv", test_file="t.csv",
+                    need=("train", "test"))
+    assert data.label_names == ["1", "2", "3", "4", "5"] and data.splits["test"].labels == [4, 0]
+    assert [data.label_names[i] for i in data.splits["train"].labels] == [str(1 + i % 5) for i in range(10)]
+    assert "each number is a class of its own" in caplog.text
+    # the trained model's names map the numbers of new data by value too (evaluate, calibrate)
+    data = load_data(DataConfig(source=str(tmp_path / "t.csv")), need=("train",), label_names=data.label_names)
+    assert data.splits["train"].labels == [4, 0]
+    sign = load(tmp_path, {"s.csv": "text,label\na,-1\nb,0\nc,1\nd,1\n"}, source="s.csv")
+    assert sign.label_names == ["-1", "0", "1"] and sign.splits["train"].labels == [0, 1, 2, 2]
+    with pytest.raises(DataError, match=r"t\.csv row 1, column 'label': unknown label 0.*1, 2, 3, 4, 5"):
+        load(tmp_path, {"t.csv": "text,label\na,0\n"}, source="r.csv", test_file="t.csv", need=("train", "test"))
+
+
+def test_labels_that_differ_only_in_case_are_warned_about(tmp_path: Path, caplog) -> None:
+    rows = "text,label\n" + "".join(f"text {i},{['positive', 'negative', 'Positive'][i % 3]}\n" for i in range(9))
+    with caplog.at_level(logging.WARNING, logger="sentilora.data"):
+        data = load(tmp_path, {"r.csv": rows}, source="r.csv")
+    assert len(data.label_names) == 3 and "'Positive' and 'positive' differ only in case" in caplog.text
+
+
 SST5 = ["very negative", "negative", "neutral", "positive", "very positive"]
 
 
@@ -316,7 +340,6 @@ BAD_INPUTS = {
         {"source": "r.csv"},
         ["r.csv row 2, column 'label'", "0.5"],
     ),
-    "negative label": ({"r.csv": "text,label\na,1\nb,-1\n"}, {"source": "r.csv"}, ["row 2, column 'label'", "-1"]),
     "mixed label kinds": (
         {"r.json": '[{"text": "a", "label": 1}, {"text": "b", "label": "pos"}]'},
         {"source": "r.json"},
@@ -335,7 +358,7 @@ BAD_INPUTS = {
     "too few label names": (
         {"r.csv": "text,label\na,0\nb,2\n"},
         {"source": "r.csv", "label_names": ["x", "y"]},
-        ["r.csv", "--data.label_names", "0..2"],
+        ["r.csv: labels go from 0 to 2", "--data.label_names", "0..2"],
     ),
     "empty text": ({"r.csv": GOOD + '"",pos\n'}, {"source": "r.csv"}, ["r.csv row 5, column 'text'", "empty text"]),
     "whitespace text, many rows": (

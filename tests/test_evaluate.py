@@ -179,3 +179,58 @@ def test_evaluate_reads_long_texts_as_predict_does(trained_run, tmp_path):
 
     r = CliRunner().invoke(app, ["evaluate", str(run), "--long-texts", "windows", "--output", str(tmp_path / "x.json")])
     assert r.exit_code == 2 and "--long-texts" in r.output and not (tmp_path / "x.json").exists()
+
+
+def _error_line(r) -> str:
+    """The one line a user error prints (exit code 2)."""
+    message = " ".join(r.output.split())
+    assert r.exit_code == 2 and message.startswith("error:") and r.output.strip().count("\n") == 0, r.output
+    return message
+
+
+def test_evaluate_refuses_an_unknown_split(trained_run, tmp_path):
+    """--split names a split that exists: a run's test file has none by name, a folder's are listed."""
+    from typer.testing import CliRunner
+
+    from sentilora.cli import app
+
+    run = trained_run("bert")
+    invoke = CliRunner().invoke
+    said = _error_line(invoke(app, ["evaluate", str(run), "--split", "bogus", "--output", str(tmp_path / "m.json")]))
+    assert "--split bogus" in said and "choose test, validation or train" in said
+    assert not (tmp_path / "m.json").exists()
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("train", "test", "holdout"):
+        shutil.copy(run.parent / ("test.csv" if name == "holdout" else f"{name}.csv"), folder / f"{name}.csv")
+    said = _error_line(invoke(app, ["evaluate", str(run), "--data", str(folder), "--split", "bogus", "--no-baseline"]))
+    assert "no split 'bogus' (available: holdout, test, train)" in said and "--split" in said and "--data." not in said
+    r = invoke(app, ["evaluate", str(run), "--data", str(folder), "--split", "holdout", "--no-baseline",
+                     "--output", str(tmp_path / "m.json")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["split"] == "holdout" and result["data"].endswith("holdout.csv") and result["metrics"]["n"] == 24
+
+
+def test_evaluate_and_calibrate_errors_name_their_own_options(trained_run, tmp_path):
+    """load_data's hints name train's --data.* flags; evaluate and calibrate take --data, --text-column and --label-column."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from sentilora.cli import app
+    from sentilora.config import Config
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("bert"), run)
+    test_csv = trained_run("bert").parent / "test.csv"
+    pd.read_csv(test_csv).rename(columns={"text": "review"}).to_csv(tmp_path / "wrongcol.csv", index=False)
+    invoke = CliRunner().invoke
+    for command in ("evaluate", "calibrate"):
+        said = _error_line(invoke(app, [command, str(run), "--data", str(tmp_path / "wrongcol.csv")]))
+        assert "no column 'text'" in said and "Set --text-column (and --label-column) to the right names." in said
+
+    cfg = Config.from_yaml(run / "config.yaml").override({"data.test_file": None})
+    (run / "config.yaml").write_text(cfg.to_yaml())  # a run trained without a test file
+    said = _error_line(invoke(app, ["evaluate", str(run), "--no-baseline"]))
+    assert "no split 'test'" in said and "Pass labelled texts with --data FILE." in said and "--data." not in said

@@ -191,3 +191,21 @@ def test_flash_attention_graph_is_fed_no_padding(trained_run, tmp_path):
     np.testing.assert_allclose(backend(batch), alone, atol=1e-5)
     raw = backend.session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
     assert np.abs(raw - alone).max() > 2e-5  # fed padding, the mask-free attention reads it (3e-4 here)
+
+
+def test_an_onnx_export_is_not_exported_or_merged_again(run_dir, tmp_path):
+    """export and merge read a run (or merged) folder; given an ONNX export they say so, in one line."""
+    from typer.testing import CliRunner
+
+    from sentilora.cli import app
+
+    onnx = tmp_path / "onnx"
+    export_onnx(run_dir, onnx, texts=TEXTS, optimize=False)
+    invoke = CliRunner().invoke
+    for command, expect in (("export", "already an ONNX export; export the run folder it came from"),
+                            ("merge", "an ONNX export (`sentilora export`), which cannot be merged")):
+        r = invoke(app, [command, str(onnx), str(tmp_path / "out")])
+        said = " ".join(r.output.split())
+        assert r.exit_code == 2 and said.startswith("error:") and r.output.strip().count("\n") == 0, r.output
+        assert expect in said and f"({run_dir})" in said
+        assert not (tmp_path / "out").exists()

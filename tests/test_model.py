@@ -41,6 +41,19 @@ def test_offline_hub_model_error_suggests_minilm(monkeypatch):
         M.load_tokenizer("distilbert")
 
 
+def test_a_typo_of_an_alias_is_caught_before_any_hub_request(monkeypatch):
+    def no_hub(*a, **k):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", no_hub)
+    with pytest.raises(ModelLoadError, match=r"--model.name 'minilmm' is neither an alias nor a local folder: did you mean 'minilm'\?"):
+        M.load_tokenizer("minilmm")
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # farther from an alias: tried, and the failure suggests it
+    with pytest.raises(ModelLoadError, match=r"'minilm-l12'.*Did you mean the alias 'minilm'\?"):
+        M.load_tokenizer("minilm-l12")
+
+
 @pytest.mark.parametrize("truncation", ["right", "left", "head_tail"])
 def test_encode_truncation(tiny_models, truncation):
     tok = M.load_tokenizer(str(tiny_models["bert"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -90,11 +91,15 @@ def test_a_mean_pooled_run_predicts_alike_after_reload_merge_and_export(tiny_mod
     assert not np.allclose(Classifier.load(as_cls, precision="fp32", merge=False).logits(TEXTS), loaded, atol=1e-3)
 
 
-def test_a_small_training_set_holds_nothing_out_and_takes_min_steps(tiny_models, dataset, tmp_path):
+def test_a_small_training_set_holds_nothing_out_and_takes_min_steps(tiny_models, dataset, tmp_path, caplog):
     train_csv, test_csv = dataset(n_train=48)  # 12 held out at 25%: under the default 100
     cfg = tiny_config(tiny_models["bert"], train_csv, test_csv,
                       **{"data.min_held_out": 100, "train.min_steps": 15, "train.epochs": 1})
-    result = train(cfg, tmp_path / "run", progress=False)
+    with caplog.at_level(logging.INFO, logger="sentilora.train"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    # the user's --train.epochs 1 is overridden: a warning that says so and how to keep it
+    raised = [r for r in caplog.records if "3 epochs instead of 1" in r.getMessage()]
+    assert raised and raised[0].levelno == logging.WARNING and "--train.min_steps 0" in raised[0].getMessage()
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     # 48 texts in batches of 8: 6 steps per epoch, so 3 epochs to take 15 steps; the last epoch is kept.
     assert result.steps == 18 and len(history["epochs"]) == 3 and history["best_epoch"] == 3
@@ -105,12 +110,15 @@ def test_a_small_training_set_holds_nothing_out_and_takes_min_steps(tiny_models,
 
 
 @pytest.mark.parametrize(("rows", "held_out"), [(600, 0), (999, 0), (1000, 100)])
-def test_the_carve_out_needs_min_held_out_texts(dataset, tmp_path, rows, held_out):
+def test_the_carve_out_needs_min_held_out_texts(dataset, tmp_path, rows, held_out, caplog):
     from sentilora.config import Config
 
     train_csv, _ = dataset(n_train=rows)
     cfg = Config().override({"data.source": str(train_csv), "data.val_fraction": 0.1})
-    data = load_data(cfg.data, need=("train", "validation"))
+    with caplog.at_level(logging.INFO, logger="sentilora.data"):
+        data = load_data(cfg.data, need=("train", "validation"))
+    carved = "10% held out" if held_out else "none held out"  # the file named once, with what was carved from it
+    assert f"validation rows from {train_csv} ({carved}) (2 classes" in caplog.text
     assert len(data.splits["validation"].labels) == held_out
     assert len(data.splits["train"].labels) == rows - held_out
 

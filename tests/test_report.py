@@ -177,3 +177,25 @@ def test_highlighted_excerpt_flattens_breaks_and_cuts_long_texts():
     shown = "".join(p["text"] for p in cut)
     assert " … " in shown and len(shown) < 400 and shown.startswith("word word") and shown.endswith("word word")
     assert any(p["style"] and "line-through" in p["style"] for p in cut)  # unread words are struck through
+
+
+def test_report_of_a_run_that_held_no_validation_out(tiny_models, tmp_path):
+    """Under 1,000 rows nothing is held out by default: history.json's epochs have no scores. The report is
+    written all the same, its training figure the training loss alone, with a note saying why."""
+    from conftest import tiny_config
+
+    from sentilora.train import train
+
+    make_rows(48, ["negative", "positive"], seed=1).to_csv(tmp_path / "train.csv", index=False)
+    make_rows(24, ["negative", "positive"], seed=2).to_csv(tmp_path / "test.csv", index=False)
+    cfg = tiny_config(tiny_models["bert"], tmp_path / "train.csv", tmp_path / "test.csv",
+                      **{"train.epochs": 1, "data.min_held_out": 100})
+    run = train(cfg, tmp_path / "run", progress=False).run_dir
+    assert all(set(e) == {"epoch", "step"} for e in json.loads((run / "history.json").read_text())["epochs"])
+
+    r = CliRunner().invoke(app, ["evaluate", str(run), "--report", "--base-sample", "0", "--no-baseline"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["n"] == 24
+    page = (run / "report" / "report.html").read_text()
+    assert "No validation texts were held out, so there are no per-epoch validation scores." in " ".join(page.split())
+    assert _valid_png((run / "report" / "training.png").read_bytes())

@@ -9,7 +9,7 @@ import pytest
 from sentilora import Classifier
 from sentilora import scoring
 from sentilora.tables import read_table, write_table
-from sentilora.errors import DataError
+from sentilora.errors import DataError, OutputError
 from sentilora.scoring import score_file
 
 
@@ -160,3 +160,54 @@ def test_a_later_jsonl_chunk_without_the_text_field(clf, tmp_path):
     assert out["id"].tolist() == list(range(25)) and list(out.columns)[:2] == ["id", "review"]
     assert out.loc[10:19, "error"].tolist() == ["empty text"] * 10 and out.loc[10:19, "pred_label"].isna().all()
     assert out.loc[20:, "pred_label"].notna().all()
+
+
+def _unscorable(tmp_path, case: str):
+    """Input files a job cannot score, as users hand them over."""
+    src = tmp_path / ("bad.jsonl" if case == "bad byte in a later chunk" else "bad.csv")
+    if case == "wrong column":
+        write_table(_input(5), src)  # the text is in 'review', the job asks for 'text'
+    elif case == "empty":
+        src.write_bytes(b"")
+    elif case == "header only":
+        src.write_text("text,label\n")
+    elif case == "latin-1":
+        src.write_bytes("text\ncaf\xe9 was good\n".encode("latin-1"))
+    elif case == "tsv as csv":
+        src.write_text("text\tlabel\ngood film\tpositive\n")  # one column named 'text\tlabel'
+    elif case == "bad byte in a later chunk":
+        src.write_bytes(b'{"text": "a good film"}\n' * 25 + b'{"text": "caf\xe9"}\n')  # read line by line: chunk 3 fails
+    return src
+
+
+@pytest.mark.parametrize("case, message", [
+    ("wrong column", "no column 'text'"), ("empty", "the file is empty"), ("header only", "no rows to score"),
+    ("latin-1", "not valid UTF-8"), ("tsv as csv", "no column 'text'"), ("bad byte in a later chunk", "line 26"),
+])
+def test_an_unscorable_input_leaves_nothing_that_blocks_the_next_run(clf, tmp_path, case, message):
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError, match=message):
+        score_file(clf, _unscorable(tmp_path, case), out, chunk_rows=10)
+    assert not (tmp_path / "out.csv.parts").exists() and not out.exists()
+    good = tmp_path / "in.csv"
+    write_table(pd.DataFrame({"text": ["a good film", "dull"]}), good)
+    assert score_file(clf, good, out).rows == 2  # before: "an unfinished job is there", and --resume refused it too
+
+
+def test_an_empty_parts_folder_does_not_block(clf, tmp_path):
+    src = tmp_path / "in.csv"
+    write_table(_input(5), src)
+    (tmp_path / "out.csv.parts").mkdir()  # what a failed run of an older version left
+    assert score_file(clf, src, tmp_path / "out.csv", text_column="review").rows == 5
+
+
+def test_output_over_the_input_is_refused(clf, tmp_path, monkeypatch):
+    src = tmp_path / "in.csv"
+    write_table(_input(5), src)
+    before = src.read_bytes()
+    (tmp_path / "link.csv").symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    for output in (src, "in.csv", tmp_path / "link.csv"):
+        with pytest.raises(OutputError, match="that is the --input file"):
+            score_file(clf, src, output, text_column="review")
+    assert src.read_bytes() == before and not (tmp_path / "in.csv.parts").exists()

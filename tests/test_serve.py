@@ -113,6 +113,22 @@ def test_non_loopback_needs_a_key(two_runs, monkeypatch):
         serve({"a": two_runs["a"]}, host="0.0.0.0", port=0)
 
 
+def test_a_port_in_use_is_refused_before_the_models_load(two_runs, monkeypatch):
+    import socket
+
+    from sentilora import serve as S
+
+    monkeypatch.setattr(S, "create_app", lambda *a, **k: pytest.fail("the models were loaded"))
+    checked = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*Pick another --port"):
+            serve({"a": two_runs["a"]}, host="127.0.0.1", port=port, on_checked=lambda: checked.append(1))
+    assert not checked  # nothing announced "serving"
+
+
 def test_full_queue_is_503_with_retry_after(loaded):
     with _client(loaded, queue_texts=2) as client:
         r = client.post("/v1/classify", json={"texts": ["a", "b", "c"]})

@@ -402,3 +402,17 @@ def test_dora_trains_reloads_and_merges(tiny_models, dataset, tmp_path, precisio
     merged = Classifier.load(merge_bundle(run, tmp_path / "merged"), precision="fp32")
     np.testing.assert_allclose(merged.logits(TEXTS), unmerged.logits(TEXTS), atol=1e-4)
 
+
+
+def test_resume_of_a_finished_run_says_it_finished(trained_run, tmp_path):
+    import shutil
+
+    from sentilora.config import Config
+    from sentilora.errors import SentiloraError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("bert"), run)
+    with pytest.raises(SentiloraError, match=r"the run already finished \(its bundle sentilora.json is there\); "
+                                             "nothing to resume") as e:
+        train(Config(), run, resume=True, progress=False)
+    assert "no complete checkpoint" not in str(e.value)

@@ -82,12 +82,18 @@ class Manifest:
     def read(cls, folder: str | Path) -> Manifest:
         folder = Path(folder)
         path = folder / MANIFEST
+        if folder.is_file():
+            raise BundleError(f"{folder}: is a file, not a run folder. Pass the --out folder of a `sentilora train` "
+                              "run (or a merge or export folder).")
         if not folder.is_dir():
             raise BundleError(f"{folder}: no such run folder. Pass the --out folder of a `sentilora train` run.")
         if not path.is_file():
+            # a run folder that training left unfinished has its config.yaml (and checkpoints) already
+            resume = ("; this looks like an interrupted run: finish it with `sentilora train --out "
+                      f"{folder} --resume`" if (folder / "config.yaml").is_file() else "")
             raise BundleError(
                 f"{folder}: not a sentilora bundle (no {MANIFEST}). Pass a run folder from `sentilora train` "
-                "or `sentilora merge`; an interrupted run can be finished with `sentilora train --resume`."
+                f"or `sentilora merge`{resume}."
             )
         damaged = f"{path}: the manifest is damaged"
         try:
@@ -265,6 +271,9 @@ def merge_bundle(folder: str | Path, out: str | Path) -> Path:
     if man.kind == "ensemble":
         raise BundleError(f"{folder}: an ensemble of {len(man.members or [])} models (--train.ensemble) cannot be folded "
                           "into one model; predict, serve, evaluate and export read the run folder as it is.")
+    if man.kind == "onnx":
+        raise BundleError(f"{folder}: an ONNX export (`sentilora export`), which cannot be merged; merge the run folder "
+                          f"it was exported from{export_source(man)}.")
     if man.kind != "adapter":
         raise BundleError(f"{folder}: already a merged model; nothing to merge.")
     model, tokenizer, man = load_bundle(folder)
@@ -276,6 +285,12 @@ def merge_bundle(folder: str | Path, out: str | Path) -> Path:
                     "pool the same way, but plain Transformers code loading this folder reads the first token "
                     "only and would predict differently.", out)
     return out
+
+
+def export_source(man: Manifest) -> str:
+    """' (PATH)': the folder an ONNX export was made from, as its manifest records it; '' when unknown."""
+    source = (man.export or {}).get("source")
+    return f" ({source})" if source else ""
 
 
 def save_merged(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +49,8 @@ def calibrate_run(
         split = "test" if data is not None and Path(data).is_file() else "validation"
     if min_recall is not None and threshold != "precision_at_recall":
         raise ConfigError("--min-recall applies only with --threshold precision-at-recall; add that or drop --min-recall.")
-    clf, part, run_cfg = load_eval_split(run_dir, data=data, split=split, text_column=text_column, label_column=label_column)
+    clf, part, run_cfg = load_eval_split(run_dir, data=data, split=split, text_column=text_column, label_column=label_column,
+                                         role="validation")  # fitted on, never tested on
     bs = batch_size or run_cfg.eval.batch_size
     k = len(clf.label_names)
     if threshold != "none" and k != 2:
@@ -56,7 +58,11 @@ def calibrate_run(
     y = np.asarray(part.labels)
     log.info("calibrating on %d texts from %s", len(y), part.origin)
     logits = clf.logits(part.texts, batch_size=bs, progress=progress)  # raw: the fit starts from T = 1
-    t = fit_temperature(logits, y)
+    with warnings.catch_warnings(record=True) as caught:  # a job logs: one clean line, not Python's source-and-code form
+        warnings.simplefilter("always")
+        t = fit_temperature(logits, y)
+    for w in caught:
+        log.warning("%s", w.message)
     raw = dataclasses.replace(clf.manifest, temperature=1.0, threshold=None)
     scaled = dataclasses.replace(raw, temperature=t)
     probs = calibrated_probs(logits, scaled)

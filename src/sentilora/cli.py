@@ -35,6 +35,20 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 _SERVE_DEFAULTS = ServeSettings()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from sentilora.bundle import sentilora_version
+
+        out.print(f"sentilora {sentilora_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the installed version and exit.")] = False) -> None:
+    pass  # the options every command shares; the app's help is the Typer(help=...) above
 MAX_LENGTH_HELP = ("Tokens read per text, cut with the truncation the model was trained with. Default: the bundle's "
                    "prediction length (for runs trained by this version: all the encoder takes, e.g. 512; shorter is faster).")
 
@@ -130,6 +144,15 @@ def _sample_progress(total: int | None, what: str, unit: str = "texts") -> tuple
     return bar, bar.advance
 
 
+def _rows(n: int) -> str:
+    return f"{n} row{'s' * (n != 1)}"
+
+
+def _unscored(bad_rows: int) -> str:
+    """The end of a file job's summary: how many rows could not be scored, if any."""
+    return f"; {_rows(bad_rows)} could not be scored (see the error column)" if bad_rows else ""
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     epilog=_options_epilog(),
@@ -183,7 +206,7 @@ def train(
     if result.models > 1:
         which = f"{result.models} models averaged" if result.combined == "soup" else f"an ensemble of {result.models} models"
     scored = (f"{which} — validation accuracy {best['accuracy']:.4f}, F1 {best['f1']:.4f}"
-              if "accuracy" in best else f"{result.best_epoch} epochs, final weights kept (no validation texts held out)")
+              if "accuracy" in best else f"{result.best_epoch} epoch{'s' * (result.best_epoch != 1)}, final weights kept (no validation texts held out)")
     out.print(f"[green]done[/]: {scored}; {result.steps} steps in {result.train_seconds:.0f}s. Bundle: {result.run_dir}")
 
 
@@ -283,7 +306,7 @@ def predict(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores). With --engine ray: CPUs "
                                                    "reserved by each actor and its torch threads (default 1).")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines instead of a table: one compact object per text, per line.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local: this process, streamed, resumable. ray: a pool of Ray actors on a "
                                         "local Ray or a cluster (pip install 'sentilora\\[ray]'); adds row_id (0-based input order).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster to join, e.g. "
@@ -314,6 +337,13 @@ def predict(
         raise SentiloraError(f"--engine must be local or ray; got '{engine}'.")
     if engine == "local" and (ray_address or ray_actors):
         raise SentiloraError("--ray-address and --ray-actors need --engine ray.")
+    counts = {"--batch-size": batch_size, "--chunk-rows": chunk_rows, "--max-length": max_length, "--threads": threads}
+    bad_counts = [f"{flag} {n}" for flag, n in counts.items() if n is not None and n < 1]
+    if bad_counts:
+        raise SentiloraError(f"{', '.join(bad_counts)}: must be at least 1; leave the option out for its default.")
+    if run_dir.is_file():
+        raise SentiloraError(f"{run_dir}: is a file, not a run folder. The first argument is the --out folder of "
+                             "`sentilora train` (or a merge or export folder); to score a file, pass it with --input.")
     if engine == "ray":
         if texts:
             raise SentiloraError("--engine ray scores files: give --input and --output instead of texts.")
@@ -327,13 +357,12 @@ def predict(
         res = score_file_ray(run_dir, input, output, text_column=text_column, chunk_rows=chunk_rows,  # type: ignore[arg-type]
                              batch_size=batch_size, long_texts=long_texts, precision=precision, threads=threads,
                              max_length=max_length, actors=parse_actors(ray_actors), address=ray_address, progress=err.is_terminal)
-        bad = f"; {res.bad_rows} rows could not be scored (see the error column)" if res.bad_rows else ""
-        out.print(f"scored {res.rows} rows -> {output} ({res.chunks} Parquet file{'s' * (res.chunks != 1)} in row order){bad}")
+        out.print(f"scored {_rows(res.rows)} -> {output} ({res.chunks} Parquet file{'s' * (res.chunks != 1)} in row order){_unscored(res.bad_rows)}")
         return
     if input:  # before the model loads: that takes a while
-        from sentilora.tables import input_file
+        from sentilora.scoring import check_job
 
-        input_file(input, flag="--input")
+        check_job(input, output, chunk_rows=chunk_rows)  # type: ignore[arg-type]
     clf = Classifier.load(run_dir, precision=precision, threads=threads, max_length=max_length)
     if input:
         from sentilora.scoring import count_rows, score_file
@@ -343,14 +372,14 @@ def predict(
             res = score_file(clf, input, output, text_column=text_column, chunk_rows=chunk_rows, batch_size=batch_size,
                              long_texts=long_texts, resume=resume, progress=tick)  # type: ignore[arg-type]
         resumed = f" ({res.resumed_chunks} of {res.chunks} chunks from before the interruption)" if res.resumed_chunks else ""
-        bad = f"; {res.bad_rows} rows could not be scored (see the error column)" if res.bad_rows else ""
-        out.print(f"scored {res.rows} rows -> {output}{resumed}{bad}")
+        out.print(f"scored {_rows(res.rows)} -> {output}{resumed}{_unscored(res.bad_rows)}")
         return
     probs = clf.predict_proba(texts, batch_size=batch_size, long_texts=long_texts)  # type: ignore[arg-type]
     labels, names = clf.decide(probs), clf.label_names
     if as_json:
         for text, label, p in zip(texts, labels, probs):
-            out.print_json(json.dumps({"text": text, "label": label, "probs": dict(zip(names, map(float, p)))}))
+            # JSON Lines: one compact object per line, never wrapped or styled by rich
+            typer.echo(json.dumps({"text": text, "label": label, "probs": dict(zip(names, map(float, p)))}, ensure_ascii=False))
         return
     from rich.table import Table
 
@@ -518,13 +547,13 @@ def serve(
                              max_wait_ms=max_wait_ms, max_tokens=max_tokens, precision=precision, threads=threads,
                              max_length=max_length)
     specs = parse_model_args(models)
-    from sentilora.bundle import Manifest
 
-    for path in specs.values():
-        Manifest.read(path)  # a bad path fails here, before anything says "serving"
-    err.print(f"serving {', '.join(f'{k}={v}' for k, v in specs.items())} on http://{host}:{port} "
-              f"(web page at /, docs at /docs)")
-    raise typer.Exit(run_server(specs, host=host, port=port, settings=settings, log_level=log_level))
+    def checked() -> None:  # nothing says "serving" before the key, the bundles and the port are checked
+        err.print(f"serving {', '.join(f'{k}={v}' for k, v in specs.items())} on http://{host}:{port} "
+                  f"(web page at /, docs at /docs)")
+
+    raise typer.Exit(run_server(specs, host=host, port=port, settings=settings, log_level=log_level,
+                                on_checked=checked))
 
 
 def main() -> None:

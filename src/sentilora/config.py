@@ -107,7 +107,8 @@ class DataConfig:
     label_column: str = _f("label", "Column holding the label (int or string).")
     label_names: list[str] | None = _f(
         None,
-        "Names for integer labels 0..K-1, e.g. 'negative,positive'. String labels keep their own names, "
+        "Names for integer labels 0..K-1, e.g. 'negative,positive'. Other whole numbers (star ratings "
+        "1..5, -1/0/1) are class names themselves, in order of value. String labels keep their own names, "
         "in this order if it lists them all; otherwise in their natural order where they have one "
         "(sentiment 'very negative' .. 'very positive', 'neg'/'pos'; numbers and star ratings by value), "
         "else alphabetical.",
@@ -197,7 +198,8 @@ class TrainConfig:
     max_minutes: float | None = _f(
         None,
         "Stop after this many minutes of training (wall time, validation included): the epoch in progress "
-        "is validated and the best epoch kept. The learning-rate schedule still spans --train.epochs.",
+        "is validated and the best epoch kept. The learning-rate schedule is fitted to the budget: after "
+        "the first steps are timed, it decays to 0 at the last step that fits (re-fitted as the pace changes).",
     )
     checkpoint_every: int = _f(0, "Also save a resumable checkpoint every N optimiser steps (0 = each epoch only).")
     num_threads: int | None = _f(None, "CPU threads for torch (default: torch's choice).")
@@ -240,7 +242,12 @@ class Config:
             for key, v in value.items():
                 if key not in known:
                     raise ConfigError(_unknown_key(f"{name}.{key}", origin))
-                kwargs[key] = _coerce(v, hints[key], f"--{name}.{key}")
+                try:
+                    kwargs[key] = _coerce(v, hints[key], f"--{name}.{key}")
+                except ConfigError as e:
+                    if origin == "config":
+                        raise
+                    raise ConfigError(f"{origin}: {e}") from None  # the file it came from
             sections[name] = sub(**kwargs)
         return cls(**sections)
 
@@ -253,7 +260,10 @@ class Config:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}).") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML ({where}{what}).") from None
         cfg = cls.from_dict(raw, origin=str(path))  # validates names and types
         if base is None:
             return cfg

@@ -11,6 +11,7 @@ best next to the one function (`load_data`) that runs them in order. Reading fil
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,16 +190,12 @@ def _label_value(v: Any) -> int | str | None:
         v = int(v)
     elif isinstance(v, (float, np.floating)):
         if not float(v).is_integer():
-            raise ValueError(
-                f"non-integral label {v!r}: numeric labels must be whole numbers 0..K-1 (or use class names)"
-            )
+            raise ValueError(f"non-integral label {v!r}: numeric labels must be whole numbers (or use class names)")
         v = int(v)
     elif isinstance(v, str):
         return v.strip()
     else:
-        raise TypeError(f"label {v!r} of type {type(v).__name__}: use class names or integers 0..K-1")
-    if v < 0:
-        raise ValueError(f"negative label {v}: integer labels must be 0..K-1")
+        raise TypeError(f"label {v!r} of type {type(v).__name__}: use class names or whole numbers")
     return v
 
 
@@ -253,7 +250,7 @@ def _parse(t: _Table, cfg: DataConfig) -> tuple[list[str], list[int | str]]:
         i = kinds.index(not kinds[0])
         raise DataError(
             f"{_where(t, i, cfg.label_column, 0)}: label {labels[i]!r} mixes with labels like "
-            f"{labels[0]!r} in row 1. Use one kind: all class names or all integers 0..K-1."
+            f"{labels[0]!r} in row 1. Use one kind: all class names or all whole numbers."
         )
     return texts, labels
 
@@ -272,23 +269,49 @@ def _names(
             return list(cfg.label_names), "--data.label_names"  # same classes, in the order the user gave
         if cfg.label_names:
             log.warning("--data.label_names ignored: the labels are class names (%s)", ", ".join(found))
+        _warn_case_variants(found)
         return natural_order(found), f"the {refs[0]} split"
-    k = max(values) + 1
+    ints = sorted(values)
     if cfg.label_names:
-        if len(cfg.label_names) < k:
+        if _by_value(cfg.label_names):
+            return list(cfg.label_names), "--data.label_names"  # numbers named by themselves: read by value
+        if ints[0] < 0 or len(cfg.label_names) <= ints[-1]:
             raise DataError(
-                f"{parsed[refs[0]][0].origin}: labels go up to {k - 1} but --data.label_names has "
-                f"{len(cfg.label_names)} names. Give one name per class 0..{k - 1}."
+                f"{parsed[refs[0]][0].origin}: labels go from {ints[0]} to {ints[-1]} but --data.label_names has "
+                f"{len(cfg.label_names)} names for classes 0..{len(cfg.label_names) - 1}. Give one name per class "
+                f"0..{ints[-1]}, or leave --data.label_names out to use the numbers as class names."
             )
         return list(cfg.label_names), "--data.label_names"
-    if source.class_names and len(source.class_names) >= k:
+    if source.class_names and ints[0] >= 0 and len(source.class_names) > ints[-1]:
         return list(source.class_names), f"the {source.name} dataset"
-    return [str(i) for i in range(k)], f"the {refs[0]} split"
+    if len(ints) > 1 and ints != list(range(len(ints))):  # star ratings 1..5, -1/0/1: the numbers are the classes
+        log.info("labels %s are not the indices 0..%d: each number is a class of its own, in order of value",
+                 ", ".join(map(str, ints)), len(ints) - 1)
+    return [str(v) for v in ints], f"the {refs[0]} split"
+
+
+def _by_value(names: Sequence[str]) -> bool:
+    """Whether integer labels map onto `names` by value ("1".."5" for star ratings) rather than as
+    indices: when every name is a whole number (names "0".."K-1" come to the same)."""
+    return all(re.fullmatch(r"[+-]?\d+", n.strip()) for n in names)
+
+
+def _warn_case_variants(names: list[str]) -> None:
+    """A warning for class names that differ only in case or spaces ('Positive' and 'positive'): they
+    train as separate classes, which is rarely what was meant."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(" ".join(n.lower().split()), []).append(n)
+    for same in (g for g in groups.values() if len(g) > 1):
+        log.warning("labels %s differ only in case or spaces and train as %d separate classes; "
+                    "relabel them to one name if they are one class", " and ".join(map(repr, same)), len(same))
 
 
 def _encode(t: _Table, col: str, labels: list[Any], names: list[str], known_from: str) -> list[int]:
     index = {n: i for i, n in enumerate(names)}
-    out = [index.get(v, -1) if isinstance(v, str) else (v if v < len(names) else -1) for v in labels]
+    by_value = {int(n): i for i, n in enumerate(names)} if _by_value(names) else None
+    out = [index.get(v, -1) if isinstance(v, str) else
+           by_value.get(v, -1) if by_value is not None else (v if 0 <= v < len(names) else -1) for v in labels]
     if bad := [i for i, o in enumerate(out) if o < 0]:
         more = sum(labels[i] == labels[bad[0]] for i in bad[1:])
         raise DataError(
@@ -345,8 +368,10 @@ def _balanced(split: Split, n: int | None, seed: int, names: list[str], flag: st
 # ---- the one entry point --------------------------------------------------------------------------
 
 
-def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: list[str] | None = None) -> LabeledData:
-    """Load the splits in ``need`` from ``cfg.source``, validated, with labels as indices into one name list."""
+def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: list[str] | None = None,
+              called: dict[str, str] | None = None) -> LabeledData:
+    """Load the splits in ``need`` from ``cfg.source``, validated, with labels as indices into one name list.
+    ``called`` renames splits in the log line (calibrate reads a file as "test" to fit on it: validation)."""
     if unknown := [s for s in need if s not in SPLITS]:
         raise ValueError(f"need: unknown split(s) {unknown}; choose among {', '.join(SPLITS)}.")
     source = _resolve(cfg)
@@ -390,9 +415,14 @@ def load_data(cfg: DataConfig, *, need: Sequence[str] = SPLITS, label_names: lis
             flag = "--data.n_train" if s == "train" else "--data.n_eval"
             splits[s] = _balanced(splits[s], n, cfg.seed + seed_offset, names, flag)
     out = {s: splits[s] for s in SPLITS if s in need}
-    counts = " / ".join(f"{len(sp.labels)} {s}" for s, sp in out.items())
-    origins = " + ".join(dict.fromkeys(sp.origin for sp in out.values()))  # each file once, in split order
-    log.info("loaded %s rows from %s (%d classes: %s)", counts, origins, len(names), ", ".join(names))
+    counts = " / ".join(f"{len(sp.labels)} {(called or {}).get(s, s)}" for s, sp in out.items())
+    origins: list[str] = []  # each file once, in split order; a carve-out named as the file it came from
+    for origin in dict.fromkeys(sp.origin for sp in out.values()):
+        if origins and origin.startswith(origins[-1] + " ("):
+            origins[-1] = origin
+        else:
+            origins.append(origin)
+    log.info("loaded %s rows from %s (%d classes: %s)", counts, " + ".join(origins), len(names), ", ".join(names))
     return LabeledData(out, names)
 
 

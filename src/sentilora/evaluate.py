@@ -39,9 +39,33 @@ def eval_data_config(run_cfg: Config, *, data: str | None, split: str, text_colu
         dc.label_column = label_column
     if split in ("train", "validation"):
         return dc, split
+    if split != "test":  # a named split: of a folder or hub dataset (load_data names those it has), never of a file
+        if Path(dc.source).expanduser().is_file():
+            have = "test, validation or train" if dc.test_file else "validation or train (no test file: pass one with --data FILE)"
+            raise ConfigError(f"--split {split}: {dc.source} is a single file, with no named splits; choose {have}. "
+                              "Named splits are those of a --data folder or hub dataset.")
+        dc.test_file = None  # the named split of the run's folder or dataset, not its test file
     if data is None or not Path(data).is_file():
         dc.test_split = split
     return dc, "test"
+
+
+# load_data's hints, as `evaluate` and `calibrate` spell them: longest first, so a whole sentence wins over its flags.
+_OWN_FLAGS = (
+    ("Set --data.test_file to a labelled file, or --data.test_split to one of these.",
+     "Pass labelled texts with --data FILE, or name one of these with --split."),
+    ("Set --data.test_file to a labelled file.", "Pass labelled texts with --data FILE."),
+    ("--data.text_column", "--text-column"),
+    ("--data.label_column", "--label-column"),
+    ("--data.source", "--data"),
+)
+
+
+def own_flags(message: str) -> str:
+    """A load_data message with its hints naming `evaluate`'s and `calibrate`'s options instead of train's."""
+    for train_hint, hint in _OWN_FLAGS:
+        message = message.replace(train_hint, hint)
+    return message
 
 
 def load_eval_split(
@@ -53,8 +77,10 @@ def load_eval_split(
     label_column: str | None = None,
     precision: str = "auto",
     max_length: int | None = None,
+    role: str | None = None,
 ) -> tuple[Any, Split, Config]:
-    """A run's Classifier, the labelled split to score it on (its own data unless `data` is set), its config."""
+    """A run's Classifier, the labelled split to score it on (its own data unless `data` is set), its config.
+    `role` names the texts in the log line ("validation" for calibrate's file) where not the split's own name."""
     run_dir = Path(run_dir)
     Manifest.read(run_dir)  # a clear error before anything slow
     cfg_path = run_dir / "config.yaml"
@@ -63,8 +89,14 @@ def load_eval_split(
         raise DataError(f"{run_dir}: no config.yaml to tell which data it was trained on. Pass --data FILE.")
     dc, which = eval_data_config(run_cfg, data=data, split=split, text_column=text_column, label_column=label_column)
     clf = Classifier.load(run_dir, precision=precision, max_length=max_length)
-    loaded = load_data(dc, need=(which,), label_names=clf.label_names)
+    try:
+        loaded = load_data(dc, need=(which,), label_names=clf.label_names, called={which: role} if role else None)
+    except DataError as e:  # load_data's hints name train's --data.* flags; evaluate and calibrate take others
+        raise DataError(own_flags(str(e))) from e.__cause__
     if not loaded.splits[which].labels:  # a small run holds out no validation texts (--data.min_held_out)
+        if data is not None:  # the file was carved as training data is, and held nothing out
+            raise DataError(f"{data}: no {split} texts: a file's are carved from its rows, and it has too few rows "
+                            "to hold any out. Score every row of it with --split test.")
         raise DataError(f"{run_dir}: the run has no {split} texts (it was trained on too few rows to hold any out). "
                         "Pass labelled texts with --data FILE.")
     return clf, loaded.splits[which], run_cfg

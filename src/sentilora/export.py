@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sentilora import quantize as Q
-from sentilora.bundle import Manifest
+from sentilora.bundle import Manifest, export_source
 from sentilora.config import Config
 from sentilora.data import load_data, sample_dir
 from sentilora.errors import BundleError, SentiloraError
@@ -182,6 +182,10 @@ def export_onnx(
     except ImportError:
         raise BundleError("ONNX export needs onnx and onnxruntime: pip install 'sentilora[onnx]'.") from None
 
+    man = Manifest.read(run_dir)
+    if man.kind == "onnx":
+        raise BundleError(f"{run_dir}: already an ONNX export; export the run folder it came from{export_source(man)} "
+                          "or a `sentilora merge` folder.")
     out = Path(out_dir)
     hint = "choose a new output folder or remove it"
     check_new_folder(out, hint=hint)  # before the slow part

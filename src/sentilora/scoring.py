@@ -12,6 +12,7 @@ Output rows = input rows, in order, every input column kept, plus `pred_label`, 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -23,12 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sentilora.errors import DataError
-from sentilora.files import atomic_path, atomic_write_json, read_json_object
+from sentilora.errors import DataError, OutputError
+from sentilora.files import atomic_path, atomic_write_json, read_json_object, remove
 from sentilora.predict import Classifier, LongTexts
 from sentilora.tables import count_rows, input_file, iter_table, json_records, text_problem, write_table
 
-__all__ = ["ScoreResult", "count_rows", "prediction_columns", "score_chunk", "score_file"]
+__all__ = ["ScoreResult", "check_job", "count_rows", "prediction_columns", "score_chunk", "score_file"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,19 @@ def score_chunk(clf: Classifier, df: pd.DataFrame, text_column: str, *, batch_si
     return out, bad
 
 
+def check_job(input_path: str | Path, output_path: str | Path, *, chunk_rows: int) -> tuple[Path, Path]:
+    """The paths of a file job, checked without reading the input: cheap enough to run before the model loads."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix.lower() not in OUTPUTS:
+        raise DataError(f"{output_path}: a scored file has several columns; write one of {', '.join(OUTPUTS)}.")
+    if chunk_rows < 1:
+        raise DataError("--chunk-rows must be at least 1.")
+    input_path = input_file(input_path, flag="--input")
+    if output_path.exists() and output_path.samefile(input_path):
+        raise OutputError(f"{output_path}: that is the --input file; scoring would overwrite it. Write the scored rows to another file.")
+    return input_path, output_path
+
+
 def score_file(
     clf: Classifier,
     input_path: str | Path,
@@ -147,47 +161,55 @@ def score_file(
     progress: Callable[[int], None] | None = None,
 ) -> ScoreResult:
     """Score every row of a CSV/TSV/JSON/JSONL/Parquet/TXT file into `output_path` (format from its extension)."""
-    input_path, output_path = Path(input_path), Path(output_path)
+    input_path, output_path = check_job(input_path, output_path, chunk_rows=chunk_rows)
     ext = output_path.suffix.lower()
-    if ext not in OUTPUTS:
-        raise DataError(f"{output_path}: a scored file has several columns; write one of {', '.join(OUTPUTS)}.")
-    if chunk_rows < 1:
-        raise DataError("--chunk-rows must be at least 1.")
-    input_file(input_path, flag="--input")
     parts_dir = output_path.with_name(output_path.name + ".parts")
     manifest_path = parts_dir / "manifest.json"
     sig = _signature(clf, input_path, text_column, chunk_rows, long_texts)
     done: list[dict[str, Any]] = []
-    if parts_dir.exists():
+    fresh = not parts_dir.is_dir() or not any(parts_dir.iterdir())  # an empty folder holds nothing to resume
+    if not fresh:
         if not resume:
             raise DataError(f"{parts_dir}: an unfinished job is there. Add --resume to continue it, or delete the folder.")
         done = _finished_parts(parts_dir, manifest_path, sig)
+    # The first chunk is read before anything is written: an input that cannot be scored (no such column,
+    # not UTF-8, only a header) leaves no parts folder behind to block the next run.
+    chunks = iter_table(input_path, chunk_rows)
+    first = next(chunks, None)
+    if first is None or first.empty:
+        raise DataError(f"{input_path}: no rows to score (the file has no data rows). Give a file with at least one row.")
+    columns = _conform_columns(first, None, input_path, text_column, first_row=0)
     parts_dir.mkdir(parents=True, exist_ok=True)
 
     rows = bad = 0
     i = -1
     resumed = len(done)
-    columns: list[Any] | None = None
-    for i, chunk in enumerate(iter_table(input_path, chunk_rows)):
-        columns = _conform_columns(chunk, columns, input_path, text_column, first_row=rows)
-        chunk = chunk[columns] if list(chunk.columns) != columns else chunk
-        if i < len(done):  # finished before the interruption
-            _check_part(done[i], chunk, rows, parts_dir)
-            rows += done[i]["rows"]
-            bad += done[i]["bad"]
-            if progress is not None:
-                progress(len(chunk))
-            continue
-        scored, n_bad = score_chunk(clf, chunk, text_column, batch_size=batch_size, long_texts=long_texts, progress=progress)
-        name = _part_name(i, ext)
-        _write_part(scored, parts_dir / name, first=i == 0)
-        done.append({"file": name, "first_row": rows, "rows": len(scored), "bad": n_bad, "input_hash": _rows_hash(chunk),
-                     "sha256": _file_hash(parts_dir / name)})
-        atomic_write_json(manifest_path, {"signature": sig, "input": str(input_path), "parts": done})
-        rows += len(scored)
-        bad += n_bad
-    if not done or not rows:
-        raise DataError(f"{input_path}: no rows to score.")
+    try:
+        for i, chunk in enumerate(itertools.chain([first], chunks)):
+            columns = _conform_columns(chunk, columns, input_path, text_column, first_row=rows)
+            chunk = chunk[columns] if list(chunk.columns) != columns else chunk
+            if i < len(done):  # finished before the interruption
+                _check_part(done[i], chunk, rows, parts_dir)
+                rows += done[i]["rows"]
+                bad += done[i]["bad"]
+                if progress is not None:
+                    progress(len(chunk))
+                continue
+            scored, n_bad = score_chunk(clf, chunk, text_column, batch_size=batch_size, long_texts=long_texts, progress=progress)
+            name = _part_name(i, ext)
+            _write_part(scored, parts_dir / name, first=i == 0)
+            done.append({"file": name, "first_row": rows, "rows": len(scored), "bad": n_bad, "input_hash": _rows_hash(chunk),
+                         "sha256": _file_hash(parts_dir / name)})
+            atomic_write_json(manifest_path, {"signature": sig, "input": str(input_path), "parts": done})
+            rows += len(scored)
+            bad += n_bad
+    except BaseException as e:
+        # A folder this job made goes when it holds nothing to resume: no part finished yet, or an input that
+        # cannot be read to the end (fixing the file changes its signature, so --resume could not use the parts).
+        # Parts of an interrupted job (Ctrl-C, a full disk, a kill) stay for --resume.
+        if fresh and (not done or isinstance(e, DataError)):
+            remove(parts_dir)
+        raise
     if len(done) > i + 1:
         raise DataError(f"{parts_dir}: holds more parts than the input has chunks; the input changed. "
                         "Delete the folder to start over.")

@@ -25,7 +25,7 @@ import ipaddress
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -366,8 +366,9 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(specs: dict[str, str], *, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info") -> int:
-    """Load the models, serve until SIGTERM/SIGINT, drain, return 0."""
+          log_level: str = "info", on_checked: Callable[[], None] | None = None) -> int:
+    """Load the models, serve until SIGTERM/SIGINT, drain, return 0. What can be checked before the
+    models load (the API key, the bundles, the port) is, and then `on_checked` is called."""
     import uvicorn
 
     settings = settings or ServeSettings()
@@ -380,12 +381,30 @@ def serve(specs: dict[str, str], *, host: str = "127.0.0.1", port: int = 8000, s
         )
     for path in specs.values():
         Manifest.read(path)  # fail fast, before the port opens, on a bad path
+    _check_port(host, port)
+    if on_checked:
+        on_checked()
     app = create_app(specs, settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=25,
                             access_log=False, server_header=False)
     server = _server_class()(config, app)
     server.run()
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear error before the models load (a minute for several) when `host:port` cannot be bound:
+    uvicorn would only find out after loading them. Bound the way uvicorn binds (SO_REUSEADDR)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port "
+                              "(or stop what is using it).") from None
 
 
 def _server_class() -> type:

@@ -221,6 +221,9 @@ def _open_run_dir(out_dir: Path, cfg: Config, *, resume: bool, world_size: int) 
         check_new_folder(out_dir, hint=hint)
         return cfg
     folder = C.latest(out_dir)
+    if folder is None and (out_dir / MANIFEST).is_file():  # a finished run keeps its bundle, not its checkpoints
+        raise SentiloraError(f"{out_dir}: the run already finished (its bundle {MANIFEST} is there); nothing to resume. "
+                             "Use it as it is (evaluate, predict, export), or train again into a new --out folder.")
     if folder is None:
         raise SentiloraError(f"{out_dir}: nothing to resume (no complete checkpoint in {C.CHECKPOINT}/). "
                              "Start a new run without --resume.")
@@ -257,6 +260,7 @@ class Trainer:
         # Everything that can fail on user input happens before the run folder is created, on every
         # process alike, so bad data stops all of them with the same one-line error.
         self.s = s = dd.everywhere(lambda: _setup(cfg, dd))
+        epochs_given = cfg.train.epochs is not None  # before --preset auto fills in what the user left unset
         self.cfg = cfg = s.cfg
         self.t = t = cfg.train
         self.train_ids, self.train_y = s.enc["train"], s.data.splits["train"].labels
@@ -300,8 +304,11 @@ class Trainer:
         floor = 0 if self.contrastive_steps else t.min_steps
         self.epochs = max(t.epochs, math.ceil(floor / self.steps_per_epoch))
         if self.epochs > t.epochs and dd.is_main and not resume:
-            log.info("%d training texts make %d steps per epoch: %d epochs instead of %d, to take --train.min_steps %d",
-                     len(self.train_ids), self.steps_per_epoch, self.epochs, t.epochs, t.min_steps)
+            # a warning where it overrides an --train.epochs the user gave: their setting does not win here
+            (log.warning if epochs_given else log.info)(
+                "%d training texts make %d steps per epoch: %d epochs instead of %d, to take --train.min_steps %d "
+                "(--train.min_steps 0 keeps --train.epochs as given)",
+                len(self.train_ids), self.steps_per_epoch, self.epochs, t.epochs, t.min_steps)
         self.total_steps = total_steps = self.steps_per_epoch * self.epochs
         self.params = [p for p in s.model.parameters() if p.requires_grad]
         dd.broadcast_tensors(self.params)  # the same seed gives the same init everywhere; this makes sure of it
