@@ -47,7 +47,7 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     exe = str(Path(sys.executable).with_name("sentilora"))
 
-    train_s, rss_train, _ = run([exe, "train", "--model", "minilm", "--data", "imdb-sample", "--train.epochs", "3",
+    train_s, rss_train, _ = run([exe, "train", "--model", "minilm", "--data", "imdb-sample", "--train.epochs", "4",
                                  "--out", str(run_dir), "--quiet"])
     eval_s, rss_eval, _ = run([exe, "evaluate", str(run_dir), "--compare-base"])
     pred_s, rss_pred, pred_out = run([exe, "predict", str(run_dir), "It was good.", "Not a fan, don't recommend.", "--json"])
@@ -56,7 +56,7 @@ def main() -> None:
     history = json.loads((run_dir / "history.json").read_text())
     m, base = metrics["metrics"], metrics["base_metrics"]
     labels, text, dec = [], pred_out.strip(), json.JSONDecoder()
-    while text:  # --json prints one (pretty-printed) object per text
+    while text:  # --json prints one object per text (JSON Lines)
         obj, end = dec.raw_decode(text)
         labels.append(obj["label"])
         text = text[end:].strip()
