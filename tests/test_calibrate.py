@@ -176,7 +176,7 @@ def test_stored_calibration_applies_in_every_path(binary_run, tmp_path):
     # the CLI, for texts and for files
     invoke = CliRunner().invoke
     r = invoke(app, ["predict", str(run), *TEXTS, "--json"], catch_exceptions=False)
-    rows = [json.loads(chunk) for chunk in _json_objects(r.output)]
+    rows = [json.loads(line) for line in r.stdout.splitlines()]  # JSON Lines
     np.testing.assert_allclose([[row["probs"][n] for n in clf.label_names] for row in rows], probs, atol=1e-3)
     assert [row["label"] for row in rows] == labels
     pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "in.csv", index=False)
@@ -186,20 +186,6 @@ def test_stored_calibration_applies_in_every_path(binary_run, tmp_path):
     scored = pd.read_csv(tmp_path / "out.csv")
     np.testing.assert_allclose(scored[["prob_negative", "prob_positive"]].to_numpy(), probs, atol=1e-3)
     assert scored["pred_label"].tolist() == labels
-
-
-def _json_objects(text: str) -> list[str]:
-    """Split rich's pretty-printed JSON objects, one per text."""
-    out, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "{":
-            start = i if depth == 0 else start
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                out.append(text[start : i + 1])
-    return out
 
 
 def _manifest(**kw: object) -> Manifest:

@@ -97,9 +97,10 @@ def test_cli_shades_words_and_prints_json(trained_run):
     result = CliRunner().invoke(app, ["explain", run, TEXT, "--precision", "fp32", "--steps", "8"])
     assert result.exit_code == 0, result.output
     assert "for:" in result.output and "against:" in result.output and "integrated gradients" in result.output
-    result = CliRunner().invoke(app, ["explain", run, TEXT, "--json", "--precision", "fp32", "--steps", "8"])
+    result = CliRunner().invoke(app, ["explain", run, TEXT, "Fine.", "--json", "--precision", "fp32", "--steps", "8"])
     assert result.exit_code == 0, result.output
-    e = json.loads(result.output)
+    e, fine = map(json.loads, result.stdout.splitlines())  # JSON Lines: one object per text, per line
+    assert fine["text"] == "Fine."
     assert e["text"] == TEXT and e["method"] == "integrated_gradients" and len(e["words"]) == 13
     assert {"start", "end", "word", "score"} <= set(e["words"][0])
     result = CliRunner().invoke(app, ["explain", run, LONG, "--long-texts", "chunk", "--max-length", "16", "--steps", "2"])

@@ -406,7 +406,7 @@ def explain(
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
     long_texts: Annotated[str, typer.Option("--long-texts", help="truncate: as in training (cut words are struck through); "
                                             "chunk: every word, as `predict --long-texts chunk` reads it (slower: one explanation per window).")] = "truncate",
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text: every word with its character offsets and score.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: one compact object per text, per line, with every word's character offsets and score.")] = False,
 ) -> None:
     """Show which words drove each prediction.
 
@@ -423,7 +423,7 @@ def explain(
     clf = Classifier.load(run_dir, precision=precision, max_length=max_length)
     for e in clf.explain(texts, target=target, method=method, steps=steps, long_texts=long_texts):  # type: ignore[arg-type]
         if as_json:
-            out.print_json(json.dumps(e.to_dict()))
+            typer.echo(json.dumps(e.to_dict(), ensure_ascii=False))  # JSON Lines, as predict --json
             continue
         shaded, at = Text(), 0
         for w, strength in zip(e.words, shades(e.words)):
