@@ -247,3 +247,11 @@ def test_version_prints_the_installed_version():
 
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"sentilora {sentilora_version()}"
+
+
+def test_help_joins_the_lines_wrapped_in_the_source_and_keeps_examples():
+    r = runner.invoke(app, ["predict", "--help"], terminal_width=300, env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    assert "into a Parquet folder with the same rows and columns" in r.output  # a line break in the docstring
+    example = next(line for line in r.output.splitlines() if "Examples: sentilora predict runs/demo" in line)
+    assert "--input" not in example  # the second example stays on a line of its own

@@ -8,6 +8,7 @@ the `--help` users read; the work itself is one call into the library per comman
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -88,8 +89,25 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _reflow(doc: str | None) -> str | None:
+    """A command's docstring as --help shows it: typer's rich mode keeps every line break, so lines
+    wrapped in the source are joined (blank lines still part paragraphs); an example block ("Example:"
+    and the indented lines under it) keeps its lines."""
+    if not doc:
+        return doc
+    paragraphs = []
+    for par in inspect.cleandoc(doc).split("\n\n"):
+        lines = par.split("\n")
+        text = lines[0]
+        for before, line in zip(lines, lines[1:]):
+            keep = line[:1].isspace() or before.startswith("Example") or before[:1].isspace()
+            text += ("\n" if keep else " ") + line
+        paragraphs.append(text)
+    return "\n\n".join(paragraphs)
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn project errors into one line on stderr and exit code 2."""
+    """Turn project errors into one line on stderr and exit code 2 (and reflow the command's help)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -104,6 +122,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print("[yellow]interrupted.[/]")
             raise typer.Exit(130) from None
 
+    wrapper.__doc__ = _reflow(fn.__doc__)
     return wrapper
 
 
