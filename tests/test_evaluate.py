@@ -234,3 +234,15 @@ def test_evaluate_and_calibrate_errors_name_their_own_options(trained_run, tmp_p
     (run / "config.yaml").write_text(cfg.to_yaml())  # a run trained without a test file
     said = _error_line(invoke(app, ["evaluate", str(run), "--no-baseline"]))
     assert "no split 'test'" in said and "Pass labelled texts with --data FILE." in said and "--data." not in said
+
+
+def test_a_file_given_to_evaluate_is_scored_whole(tmp_path):
+    """--data.n_eval subsamples the run's own evaluation data for speed; a file passed with --data is read whole."""
+    from sentilora.config import Config
+    from sentilora.evaluate import eval_data_config
+
+    run_cfg = Config().override({"data.source": "imdb-sample", "data.n_eval": 40})
+    (tmp_path / "val.csv").write_text("text,label\na,pos\n")
+    given, _ = eval_data_config(run_cfg, data=str(tmp_path / "val.csv"), split="test", text_column=None, label_column=None)
+    own, _ = eval_data_config(run_cfg, data=None, split="test", text_column=None, label_column=None)
+    assert given.n_eval is None and own.n_eval == 40

@@ -39,6 +39,9 @@ def test_offline_hub_model_error_suggests_minilm(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=r"could not load the tokenizer 'distilbert-base-uncased'.*--model.name minilm"):
         M.load_tokenizer("distilbert")
+    with pytest.raises(ModelLoadError) as e:
+        M.load_tokenizer("distilbert")
+    assert "Did you mean" not in str(e.value)  # the alias given is not suggested back
 
 
 def test_a_typo_of_an_alias_is_caught_before_any_hub_request(monkeypatch):

@@ -416,3 +416,15 @@ def test_resume_of_a_finished_run_says_it_finished(trained_run, tmp_path):
                                              "nothing to resume") as e:
         train(Config(), run, resume=True, progress=False)
     assert "no complete checkpoint" not in str(e.value)
+
+
+def test_train_imported_from_the_package_trains_as_the_readme_says():
+    """`from sentilora import train` gets the submodule (the import system binds it to the name); it calls as train()."""
+    import subprocess
+    import sys
+
+    code = ("from sentilora import train\nimport sentilora, sys\n"
+            "sys.modules['sentilora.train'].train = lambda *a, **k: ('called', a, k)\n"
+            "print(train('cfg', 'runs/x', progress=False), sentilora.train is train)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "('called', ('cfg', 'runs/x'), {'progress': False}) True"

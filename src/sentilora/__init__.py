@@ -32,8 +32,8 @@ def __getattr__(name: str) -> Any:
         from sentilora.config import Config
 
         return Config
-    if name == "train":
-        from sentilora.train import train
+    if name == "train":  # the module, which calls as its train() (sentilora.train._CallableModule)
+        import importlib
 
-        return train
+        return importlib.import_module("sentilora.train")
     raise AttributeError(f"module 'sentilora' has no attribute {name!r}")

@@ -325,7 +325,7 @@ def predict(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores). With --engine ray: CPUs "
                                                    "reserved by each actor and its torch threads (default 1).")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines instead of a table: one compact object per text, per line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines instead of a table: one object per text, per line.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local: this process, streamed, resumable. ray: a pool of Ray actors on a "
                                         "local Ray or a cluster (pip install 'sentilora\\[ray]'); adds row_id (0-based input order).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster to join, e.g. "
@@ -425,7 +425,7 @@ def explain(
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=MAX_LENGTH_HELP)] = None,
     long_texts: Annotated[str, typer.Option("--long-texts", help="truncate: as in training (cut words are struck through); "
                                             "chunk: every word, as `predict --long-texts chunk` reads it (slower: one explanation per window).")] = "truncate",
-    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: one compact object per text, per line, with every word's character offsets and score.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: one object per text, per line, with every word's character offsets and score.")] = False,
 ) -> None:
     """Show which words drove each prediction.
 

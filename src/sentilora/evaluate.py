@@ -33,6 +33,7 @@ def eval_data_config(run_cfg: Config, *, data: str | None, split: str, text_colu
     if data is not None:
         dc.source = data
         dc.test_file = data if Path(data).is_file() else None
+        dc.n_eval = None  # every row of the data given here (--data.n_eval subsampled the run's own, for speed)
     if text_column:
         dc.text_column = text_column
     if label_column:

@@ -101,6 +101,7 @@ def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
     if Path(name).exists():
         return ModelLoadError(f"could not load the {what} from local folder '{name}': {first_line(err)}")
     near = _near_alias(name, 0.6)
+    near = None if near is None or ALIASES[near] == name else near  # not the alias that was given
     return ModelLoadError(
         f"could not load the {what} '{name}': the Hugging Face hub can't be reached (or the id is wrong) "
         f"and it is not in the local cache.{f' Did you mean the alias {near!r}?' if near else ''} Offline, use "

@@ -21,7 +21,9 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -630,3 +632,15 @@ def _score(cfg: Config, out_dir: Path, dd: D.Dist) -> dict[str, Any]:
     metrics = S.validate(model.to(device), ids, val.labels, pad_id, device, pick_dtype(cfg.train.precision, device), cfg, dd=dd)
     metrics.pop("collapsed", None)
     return metrics
+
+
+class _CallableModule(types.ModuleType):
+    """`from sentilora import train` finds this module (the import system binds a package's submodule
+    to its name, over the package's lazy `train` function): calling the module calls `train`, so the
+    README's `train(cfg, "runs/demo")` works however the names were imported."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
