@@ -19,6 +19,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from sentilora import __version__
 from sentilora.config import PRESETS, Config, all_options, parse_overrides
 from sentilora.config import preset as preset_overrides
 from sentilora.errors import SentiloraError
@@ -37,12 +38,13 @@ out = Console()
 err = Console(stderr=True)
 _SERVE_DEFAULTS = ServeSettings()
 
+MAX_LENGTH_HELP = ("Tokens read per text, cut with the truncation the model was trained with. Default: the bundle's "
+                   "prediction length (for runs trained by this version: all the encoder takes, e.g. 512; shorter is faster).")
+
 
 def _print_version(value: bool) -> None:
     if value:
-        from sentilora.bundle import sentilora_version
-
-        out.print(f"sentilora {sentilora_version()}")
+        out.print(f"sentilora {__version__}")  # the package's own, without importing torch
         raise typer.Exit()
 
 
@@ -50,8 +52,6 @@ def _print_version(value: bool) -> None:
 def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                 help="Print the installed version and exit.")] = False) -> None:
     pass  # the options every command shares; the app's help is the Typer(help=...) above
-MAX_LENGTH_HELP = ("Tokens read per text, cut with the truncation the model was trained with. Default: the bundle's "
-                   "prediction length (for runs trained by this version: all the encoder takes, e.g. 512; shorter is faster).")
 
 
 def _options_epilog() -> str:
