@@ -636,8 +636,8 @@ def _score(cfg: Config, out_dir: Path, dd: D.Dist) -> dict[str, Any]:
 
 class _CallableModule(types.ModuleType):
     """`from sentilora import train` finds this module (the import system binds a package's submodule
-    to its name, over the package's lazy `train` function): calling the module calls `train`, so the
-    README's `train(cfg, "runs/demo")` works however the names were imported."""
+    to its name, so the package's lazy attribute returns the module too): calling the module calls
+    `train`, so the README's `train(cfg, "runs/demo")` works however the names were imported."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
         return train(*args, **kwargs)
