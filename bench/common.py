@@ -371,6 +371,7 @@ SST2_CLASS_NAMES = ["negative", "positive"]
 SST5_CLASS_NAMES = ["very negative", "negative", "neutral", "positive", "very positive"]
 SUITE_DATASETS = ("imdb", "p3", "sst2", "sst5")
 FULL_TRAIN_ROWS = {"imdb": 25_000, "p3": 25_000, "sst2": 6_920, "sst5": 8_544}  # official train splits
+VALIDATION_ROWS = {"sst2": 872, "sst5": 1_101}  # the official validation splits (the suite's data.validation_split variant)
 CLASS_NAMES = {"imdb": BINARY_NAMES, "p3": P3_CLASS_NAMES, "sst2": SST2_CLASS_NAMES, "sst5": SST5_CLASS_NAMES}
 
 
@@ -422,7 +423,8 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     --data.min_held_out likewise keeps its old value where the new one holds out the same rows.
     The recipe settings left unset (sentilora.recipe, since 2026-12-06: LoRA rank, alpha, targets, lr,
     epochs, ordinal smoothing; since the seventh session, tokens per text) get the values the trainer will
-    choose, so cells of the standard recipe keep their keys (ordinal smoothing is left out where it is 0),
+    choose, so cells of the standard recipe keep their keys (ordinal smoothing is left out where it is 0, the
+    TF-IDF blend where it is off),
     and a default that reads 512 tokens shares its cells with the {"model.max_length": 512} rows.
 
     The trainer's recipe rule (sentilora.recipe.choose) reads token lengths;
@@ -439,8 +441,11 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     rows = per_class * classes if per_class is not None else FULL_TRAIN_ROWS[dataset]
     carve = rows * cfg.data.val_fraction
     texts = rows - (round(carve) if carve >= cfg.data.min_held_out else 0)  # what the trainer trains on
+    held_out = round(carve) if carve >= cfg.data.min_held_out else 0
+    if cfg.data.validation_split == "validation":  # the suite's variant: SST's own validation split, no carve-out
+        texts, held_out = rows, VALIDATION_ROWS[dataset]
     out = recipe.resolve(cfg, [length] * min(texts, recipe.MANY_TEXTS), CLASS_NAMES[dataset],
-                         labels=[i % classes for i in range(texts)])[0].to_dict()  # the draws are balanced
+                         labels=[i % classes for i in range(texts)], held_out=held_out)[0].to_dict()  # balanced draws
     # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
     # 500-999 training rows), the key keeps the old value and the cell its result.
     if (carve < out["data"]["min_held_out"]) == (carve < 50):
@@ -453,6 +458,8 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
         out["train"].pop("ensemble", None)
     if not out["lora"].get("dora"):  # --lora.dora, added in the eleventh session; off, a cell keeps its key
         out["lora"].pop("dora", None)
+    if out["train"].get("baseline_blend") == "off":  # --train.baseline_blend, thirteenth session; likewise
+        out["train"].pop("baseline_blend", None)
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:
         steps = auto_steps(list(range(classes)) * per_class, out["train"]["batch_size"])

@@ -94,7 +94,27 @@ def sentilora(train_df: Any, test_df: Any, names: list[str], *, overrides: dict[
     history = json.loads((run_dir / "history.json").read_text())
     return SystemResult(np.empty(0, dtype=int), train_s, {
         "accuracy": m["accuracy"], "macro_f1": _macro_f1(m["confusion_matrix"]), "eval_n": m["n"],
-        "train_loop_s": history["train_seconds"], "epochs_run": len(history["epochs"]), "best_epoch": res.best_epoch})
+        "train_loop_s": history["train_seconds"], "epochs_run": len(history["epochs"]), "best_epoch": res.best_epoch,
+        **_model_alone(run_dir, test_df, names)})
+
+
+def _model_alone(run_dir: Path, test_df: Any, names: list[str]) -> dict[str, Any]:
+    """For a bundle that mixes in the TF-IDF baseline (--train.baseline_blend): its weight, and the test scores of
+    the very same trained model without it, so the blend's gain is measured side by side on one machine."""
+    import dataclasses
+
+    from sentilora.bundle import Manifest
+    from sentilora.predict import Classifier
+
+    man = Manifest.read(run_dir)
+    if not man.baseline_weight:
+        return {}
+    clf = Classifier.load(run_dir)
+    alone = Classifier(clf.model, clf.tokenizer, dataclasses.replace(man, baseline_weight=0.0))
+    index = {n: i for i, n in enumerate(alone.label_names)}
+    y = np.asarray([index[names[i]] if isinstance(i, (int, np.integer)) else index[i] for i in test_df["label"]])
+    s = scores(y, alone.predict_proba(list(test_df["text"])).argmax(axis=1), len(index))
+    return {"blend_weight": man.baseline_weight, "model_alone_accuracy": s["accuracy"], "model_alone_macro_f1": s["macro_f1"]}
 
 
 # ------------------------------------------------------------------------------ TF-IDF + LR

@@ -294,6 +294,9 @@ def build_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "seeds": [r["seed"] for r in per_seed]}
         for metric, digits in (("accuracy", 4), ("macro_f1", 4), ("train_s", 1)):
             row[metric], row[f"{metric}_sd"] = _mean_sd([r[metric] for r in per_seed if r.get(metric) is not None], digits)
+        if any("model_alone_accuracy" in r for r in per_seed):  # a TF-IDF blend: the same models scored without it
+            for metric in ("model_alone_accuracy", "model_alone_macro_f1"):
+                row[metric], row[f"{metric}_sd"] = _mean_sd([r[metric] for r in per_seed if metric in r], 4)
         row.update({"peak_rss_mb": max(r["peak_rss_mb"] for r in per_seed), "eval_n": per_seed[0]["eval_n"],
                     "max_minutes": minutes, "per_seed": per_seed})
         rows.append(row)

@@ -17,12 +17,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sentilora"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"files", "progress"},
-    {"config", "tables", "metrics", "calibration", "batching", "tokens", "distributed", "schedule", "labels"},
+    {"config", "tables", "metrics", "calibration", "batching", "tokens", "distributed", "schedule", "labels", "baseline"},
     {"data", "heads", "contrastive", "explain", "recipe"},
     {"model"},
     {"bundle", "prefix"},
     {"predict"},
-    {"report", "figures", "evaluate", "baseline", "calibrate", "train", "train_step", "checkpoint", "scoring", "export", "quantize"},
+    {"report", "figures", "evaluate", "calibrate", "train", "train_step", "checkpoint", "scoring", "export", "quantize"},
     {"batcher", "guard", "serve", "ray_engine", "cli", "__init__", "__main__"},
 ]
 

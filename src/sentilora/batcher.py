@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sentilora.batching import pick_device, pick_dtype
-from sentilora.bundle import Manifest, add_adapter, load_bundle
+from sentilora.bundle import Manifest, add_adapter, load_blend, load_bundle
 from sentilora.errors import ConfigError
 from sentilora.guard import Metrics, ServeSettings
 from sentilora.predict import Classifier, TorchBackend, inference_weights
@@ -108,7 +108,8 @@ def load_models(specs: dict[str, str], settings: ServeSettings) -> dict[str, Ser
         for name in names:
             tok = tokenizer if name == first else _tokenizer(specs[name])
             backend = AdapterBackend(model, adapters[name], device=device, dtype=shared_dtype)
-            clf = Classifier(model, tok, manifests[name], backend=backend, max_length=settings.max_length)
+            clf = Classifier(model, tok, manifests[name], backend=backend, max_length=settings.max_length,
+                             baseline=load_blend(specs[name], manifests[name]))
             served[name] = Served(name, specs[name], "adapter (shared base)", clf)
         log.info("models %s share one copy of %s", ", ".join(names), man.base_model)
     for name, path in specs.items():

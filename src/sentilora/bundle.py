@@ -8,6 +8,7 @@ A run bundle is a folder:
     tokenizer/          the tokenizer the model was trained with
     history.json        per-epoch validation metrics and the best epoch
     train_log.jsonl     per-step training loss
+    baseline.npz        only with a TF-IDF blend (--train.baseline_blend; manifest: baseline_weight)
 
 A merged export (`sentilora merge`) is a plain Transformers model folder plus the same manifest;
 an ONNX export (`sentilora export`) is an ONNX graph, its tokenizer and the manifest.
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sentilora.baseline import BLEND_FILE, Baseline, load_baseline
 from sentilora.errors import BundleError
 from sentilora.files import atomic_path, atomic_write_json, first_line, new_folder, read_json_object
 from sentilora.heads import set_pooling
@@ -68,6 +70,8 @@ class Manifest:
     positions: int | None = None
     pooling: str = "cls"  # what the head reads: "cls" (first token / pooler) or "mean" (heads.set_pooling)
     members: list[str] | None = None  # kind "ensemble": its models' bundle folders, relative to this one
+    # --train.baseline_blend: the TF-IDF baseline's share of the class probabilities (baseline.BLEND_FILE); 0 = none
+    baseline_weight: float = 0.0
 
     @property
     def reads(self) -> int:
@@ -108,11 +112,34 @@ class Manifest:
             raise BundleError(f"{damaged} ({first_line(e)}). Re-create the bundle.") from None
 
 
-def save_bundle(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path) -> None:
-    """Write adapter, tokenizer and manifest (last, so a folder with a manifest is complete)."""
+def save_bundle(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path, baseline: Baseline | None = None) -> None:
+    """Write adapter, tokenizer, the blended baseline if any, and manifest (last, so a folder with a manifest is complete)."""
     model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
+    save_blend(folder, manifest, baseline)
     manifest.save(folder)
+
+
+def save_blend(folder: Path, manifest: Manifest, baseline: Baseline | None) -> None:
+    """Write the TF-IDF baseline a blended bundle needs (nothing for others)."""
+    if manifest.baseline_weight:
+        if baseline is None:
+            raise BundleError(f"{folder}: the manifest blends in a TF-IDF baseline but none was given to save.")
+        baseline.save(folder / BLEND_FILE)
+
+
+def load_blend(folder: str | Path, manifest: Manifest) -> Baseline | None:
+    """The TF-IDF baseline a blended bundle mixes into its probabilities (--train.baseline_blend); None for others."""
+    if not manifest.baseline_weight:
+        return None
+    path = Path(folder) / BLEND_FILE
+    if not path.is_file():
+        raise BundleError(f"{folder}: {BLEND_FILE} is missing; this model blends in a TF-IDF baseline at weight "
+                          f"{manifest.baseline_weight:g} (--train.baseline_blend). Copy the whole folder, or train again.")
+    try:
+        return load_baseline(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(f"{path}: damaged ({first_line(e)}). Copy the whole run folder again, or train again.") from None
 
 
 def load_tokenizer_folder(folder: Path, owner: Path) -> Any:
@@ -279,11 +306,15 @@ def merge_bundle(folder: str | Path, out: str | Path) -> Path:
     model, tokenizer, man = load_bundle(folder)
     out = Path(out)
     with new_folder(out, hint="choose a new output folder or remove it") as tmp:
-        save_merged(model.merge_and_unload(), tokenizer, man, tmp)
+        save_merged(model.merge_and_unload(), tokenizer, man, tmp, load_blend(folder, man))
     if man.pooling == "mean":
         log.warning("%s reads the mean of all token states (--model.pooling mean): sentilora and its ONNX export "
                     "pool the same way, but plain Transformers code loading this folder reads the first token "
                     "only and would predict differently.", out)
+    if man.baseline_weight:
+        log.warning("%s blends in a TF-IDF baseline at weight %g (%s; --train.baseline_blend): sentilora and its ONNX "
+                    "export blend it too, but plain Transformers code loading this folder reads the transformer's "
+                    "probabilities alone.", out, man.baseline_weight, BLEND_FILE)
     return out
 
 
@@ -293,11 +324,13 @@ def export_source(man: Manifest) -> str:
     return f" ({source})" if source else ""
 
 
-def save_merged(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path) -> None:
-    """A plain Transformers folder with the real label names, plus the manifest (kind 'merged')."""
+def save_merged(model: nn.Module, tokenizer: Any, manifest: Manifest, folder: Path, baseline: Baseline | None = None) -> None:
+    """A plain Transformers folder with the real label names, plus the blended baseline if any and the manifest
+    (kind 'merged')."""
     model.config.id2label = dict(enumerate(manifest.label_names))
     model.config.label2id = {n: i for i, n in enumerate(manifest.label_names)}
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.model_max_length = manifest.reads  # a pipeline over this folder reads as far as sentilora does
     tokenizer.save_pretrained(str(folder))
+    save_blend(folder, manifest, baseline)
     Manifest(**{**manifest.__dict__, "kind": "merged"}).save(folder)

@@ -173,7 +173,7 @@ def evaluate_run(
         if compare_base:
             result["base_metrics"] = compute_metrics(y, base_probs, n_classes=k, label_names=clf.label_names)
     if baseline and (fitted := baseline_result(run_dir, run_cfg, clf.label_names, part)) is not None:
-        result["baseline"] = fitted
+        result["baseline"] = fitted | {"blended_into_model": clf.manifest.baseline_weight}
     if report:
         folder = Path(report_dir) if report_dir else run_dir / "report"
         path = write_report(folder, run_dir=run_dir, clf=clf, data_origin=part.origin, texts=part.texts, labels=y,
@@ -219,9 +219,10 @@ def base_classifier(manifest: Any, *, seed: int, max_length: int | None = None) 
     base, _ = M.load_base_model(manifest.base_model, manifest.label_names, revision=manifest.base_revision,
                                 pooling=manifest.pooling)
     tokenizer = M.load_tokenizer(manifest.base_model, revision=manifest.base_revision)
-    # the base model is never calibrated: the bundle's temperature and threshold belong to the tuned head
-    return Classifier(base, tokenizer, dataclasses.replace(manifest, kind="base", temperature=1.0, threshold=None),
-                      max_length=max_length)
+    # the base model is never calibrated or blended: the bundle's temperature, threshold and TF-IDF blend belong
+    # to the tuned model
+    return Classifier(base, tokenizer, dataclasses.replace(manifest, kind="base", temperature=1.0, threshold=None,
+                                                           baseline_weight=0.0), max_length=max_length)
 
 
 def metrics_table(result: dict[str, Any]) -> Any:

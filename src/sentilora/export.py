@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sentilora import quantize as Q
-from sentilora.bundle import Manifest, export_source
+from sentilora.bundle import Manifest, export_source, save_blend
 from sentilora.config import Config
 from sentilora.data import load_data, sample_dir
 from sentilora.errors import BundleError, SentiloraError
@@ -148,7 +148,7 @@ def _int8(reference: Classifier, fp32: Path, out: Path, *, run_dir: Path, texts:
 
     def probs(graph: Path, batch: Sequence[str]) -> np.ndarray:
         clf = Classifier(None, reference.tokenizer, reference.manifest, backend=OnnxBackend(graph, threads=threads),
-                         max_length=reference.max_length)
+                         max_length=reference.max_length, baseline=reference.baseline)
         return clf.predict_proba(list(batch))
 
     result = Q.search(fp32, out, probs=probs, decide=lambda p: np.array(reference.decide(p)),
@@ -213,6 +213,7 @@ def export_onnx(
         else:
             fp32.replace(tmp / "model.onnx")
         reference.tokenizer.save_pretrained(str(tmp))
+        save_blend(tmp, reference.manifest, reference.baseline)
         export_info = {"file": "model.onnx", "format": "onnx", "quantize": quantize, "opset": OPSET, "source": str(run_dir),
                        "fused_operators": fused or {}, **({"int8": int8} if int8 else {})}
         Manifest(**{**reference.manifest.__dict__, "kind": "onnx", "export": export_info}).save(tmp)

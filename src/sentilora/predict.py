@@ -3,7 +3,8 @@
 Texts are tokenised with the bundle's own truncation, sorted by token length and cut into batches
 under a token budget, so padding is near zero and short texts go many to a batch; results come
 back in input order. Backends: PyTorch (the adapter merged in memory, or kept separate) and
-ONNX Runtime (fp32 or int8 exports from `sentilora export`).
+ONNX Runtime (fp32 or int8 exports from `sentilora export`). A bundle trained with a TF-IDF blend
+(--train.baseline_blend) mixes the baseline's probabilities in at `Classifier.logits`, under every backend.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from sentilora.batching import autocast, collate, length_sorted_batches, pick_device, pick_dtype
-from sentilora.bundle import Manifest, load_bundle, load_tokenizer_folder, save_bundle, save_merged
+from sentilora.baseline import Baseline, blended_logits
+from sentilora.bundle import Manifest, load_blend, load_bundle, load_tokenizer_folder, save_bundle, save_merged
 from sentilora.calibration import calibrated_probs, decide
 from sentilora.errors import BundleError, ConfigError
 from sentilora.explain import DEFAULT_STEPS, Explanation, Method, explain_texts
@@ -158,9 +160,14 @@ class Classifier:
         precision: str = "auto",
         backend: Any = None,
         max_length: int | None = None,
+        baseline: Baseline | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.manifest = manifest
+        if bool(manifest.baseline_weight) != (baseline is not None):
+            raise ValueError("Classifier: pass the bundle's blended baseline (bundle.load_blend) exactly when its "
+                             "manifest has a baseline_weight.")
+        self.baseline = baseline
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.model = model
         self.weights_cast = False  # True when the weights were cast to bf16 for inference
@@ -214,13 +221,14 @@ class Classifier:
             if not onnx_file.is_file():
                 raise BundleError(f"{path}: {onnx_file.name} is missing; re-run `sentilora export`.")
             return cls(None, load_tokenizer_folder(path, path), manifest, backend=OnnxBackend(onnx_file, threads=threads),
-                       max_length=max_length)
+                       max_length=max_length, baseline=load_blend(path, manifest))
         if threads:
             torch.set_num_threads(threads)
         model, tokenizer, manifest = load_bundle(path)
         if merge and manifest.kind in ("adapter", "ensemble"):
             model = model.merge_and_unload()
-        return cls(model, tokenizer, manifest, device=device, precision=precision, max_length=max_length)
+        return cls(model, tokenizer, manifest, device=device, precision=precision, max_length=max_length,
+                   baseline=load_blend(path, manifest))
 
     @property
     def label_names(self) -> list[str]:
@@ -238,9 +246,9 @@ class Classifier:
             raise BundleError("an ensemble (--train.ensemble) is saved as its run folder, members/ included; copy that folder.")
         with new_folder(path) as tmp:
             if hasattr(self.model, "peft_config"):
-                save_bundle(self.model, self.tokenizer, self.manifest, tmp)
+                save_bundle(self.model, self.tokenizer, self.manifest, tmp, self.baseline)
             else:  # merged (on disk or in memory)
-                save_merged(self.model, self.tokenizer, self.manifest, tmp)
+                save_merged(self.model, self.tokenizer, self.manifest, tmp, self.baseline)
 
     def explain(self, texts: str | Sequence[str], *, target: str | None = None, method: Method = "integrated_gradients",
                 steps: int = DEFAULT_STEPS, long_texts: LongTexts = "truncate") -> list[Explanation]:
@@ -269,7 +277,16 @@ class Classifier:
         long_texts: LongTexts = "truncate",
         progress: Progress = None,
     ) -> np.ndarray:
-        """Raw logits (n_texts, n_labels). long_texts='chunk' averages the logits of overlapping windows."""
+        """Raw logits (n_texts, n_labels), before calibration. long_texts='chunk' averages the logits of
+        overlapping windows. With a TF-IDF blend (manifest.baseline_weight) they are the log of the blended
+        probabilities (`baseline.blended_logits`; the baseline reads each text whole)."""
+        out = self._model_logits(texts, batch_size=batch_size, max_tokens=max_tokens, long_texts=long_texts, progress=progress)
+        if self.baseline is None:
+            return out
+        return blended_logits(out, self.baseline.predict_proba(texts), self.manifest.baseline_weight)
+
+    def _model_logits(self, texts: Sequence[str], *, batch_size: int, max_tokens: int | None, long_texts: LongTexts,
+                      progress: Progress) -> np.ndarray:
         check_long_texts(long_texts)
         k = len(self.label_names)
         run = dict(pad_id=self.pad_id, num_labels=k, max_batch=batch_size, max_tokens=max_tokens)

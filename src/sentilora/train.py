@@ -38,6 +38,7 @@ from sentilora import heads as H
 from sentilora import model as M
 from sentilora import recipe as R
 from sentilora import train_step as S
+from sentilora.baseline import BLEND_FILE, BLEND_WEIGHTS, blend, choose_weight, fit_baseline, log_loss
 from sentilora.batching import epoch_batches, pick_device, pick_dtype
 from sentilora.bundle import MANIFEST, Manifest, average_adapters, load_bundle, save_bundle
 from sentilora.config import Config, TrainConfig
@@ -53,6 +54,7 @@ from sentilora.files import (
     remove,
 )
 from sentilora.model import num_layers
+from sentilora.predict import Classifier
 from sentilora.prefix import FrozenPrefix
 from sentilora.progress import Progress
 from sentilora.schedule import LinearSchedule, steps_that_fit
@@ -115,8 +117,8 @@ def train(
             cfg = trainer.cfg
             del trainer  # its model and data: the other models load their own
             if models(cfg.train) == 1:
-                return result
-        return _combine(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step)
+                return _blend(cfg, result, dd)
+        return _blend(cfg, _combine(cfg, out_dir, dd, resume=resume, show=show, on_step=on_step), dd)
 
 
 # ---- setup -----------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     lengths = [len(x) + specials for x in whole["train"]]  # whole, as the recipe rules read them
     length_unset = cfg.model.max_length is None
     cfg, recipe = R.resolve(cfg, lengths, data.label_names, has_presets=M.has_target_presets(base),
-                            positions=positions, labels=data.splits["train"].labels)
+                            positions=positions, labels=data.splits["train"].labels,
+                            held_out=len(data.splits["validation"].labels))
     enc = {s: cut(tokenizer, ids, max_length=cfg.model.max_length, truncation=cfg.model.truncation) for s, ids in whole.items()}
     del whole
     if length_unset and dd.is_main and lengths:
@@ -632,6 +635,58 @@ def _score(cfg: Config, out_dir: Path, dd: D.Dist) -> dict[str, Any]:
     metrics = S.validate(model.to(device), ids, val.labels, pad_id, device, pick_dtype(cfg.train.precision, device), cfg, dd=dd)
     metrics.pop("collapsed", None)
     return metrics
+
+
+# ---- the TF-IDF blend (--train.baseline_blend) --------------------------------------------------
+
+
+def _blend(cfg: Config, result: TrainResult, dd: D.Dist) -> TrainResult:
+    """With --train.baseline_blend on (resolved by --preset auto), fit the TF-IDF baseline on the training
+    texts and mix it into the finished bundle at the weight with the lowest validation log-loss
+    (`baseline.choose_weight`); at weight 0 the bundle stays as it was. Its figures go to history.json."""
+    if cfg.train.baseline_blend != "on":
+        return result
+    data = load_data(cfg.data, need=("train", "validation"))
+    if not data.splits["validation"].labels:
+        if dd.is_main:
+            log.warning("--train.baseline_blend on, but the run has no validation texts to choose the baseline's "
+                        "weight on: the model is kept alone (set --data.min_held_out 0 to hold some out)")
+        return result
+    dd.on_main(lambda: _fit_blend(cfg, data, result.run_dir))
+    return result
+
+
+def _fit_blend(cfg: Config, data: Any, out_dir: Path) -> None:
+    train, val = data.splits["train"], data.splits["validation"]
+    t0 = time.perf_counter()
+    base = fit_baseline(train.texts, train.labels, n_classes=len(data.label_names), seed=cfg.train.seed)
+    p_base = base.predict_proba(val.texts)
+    p_model = Classifier.load(out_dir, device=cfg.train.device).predict_proba(val.texts)
+    weight, losses = choose_weight(p_model, p_base, val.labels)
+    y = np.asarray(val.labels)
+
+    def scores(p: np.ndarray, loss: float) -> dict[str, float]:
+        return {"accuracy": round(float((p.argmax(1) == y).mean()), 4), "loss": round(loss, 4)}
+
+    info = {"weight": weight, "texts": len(y), "seconds": round(time.perf_counter() - t0, 1),
+            "model": scores(p_model, losses[0]), "baseline": scores(p_base, log_loss(p_base, val.labels)),
+            "blend": scores(blend(p_model, p_base, weight), min(losses)),
+            "loss_by_weight": {f"{w:g}": round(v, 4) for w, v in zip(BLEND_WEIGHTS, losses)}}
+    if weight:
+        base.save(out_dir / BLEND_FILE)  # before the manifest names it: a bundle stopped in between stays whole
+        man = Manifest.read(out_dir)
+        man.baseline_weight = weight
+        man.save(out_dir)
+    history = read_json_object(out_dir / "history.json")
+    atomic_write_json(out_dir / "history.json", history | {"baseline_blend": info})
+    m, b = info["model"], info["blend"]
+    if weight:
+        log.info("TF-IDF baseline mixed in at weight %g (--train.baseline_blend): validation accuracy %.4f against "
+                 "%.4f for the model alone, log-loss %.4f against %.4f (%d texts; %.1f s)", weight, b["accuracy"],
+                 m["accuracy"], b["loss"], m["loss"], len(y), info["seconds"])
+    else:
+        log.info("TF-IDF baseline not mixed in (--train.baseline_blend): no weight lowered the validation log-loss "
+                 "(%.4f alone; %d texts)", m["loss"], len(y))
 
 
 class _CallableModule(types.ModuleType):
