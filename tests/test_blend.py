@@ -119,3 +119,16 @@ def test_evaluate_says_the_model_carries_the_baseline_it_is_compared_with(blende
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert f"into its probabilities at weight {max(BLEND_WEIGHTS):g} (--train.baseline_blend)" in text
+
+
+def test_cli_train_reports_the_blended_validation_accuracy(tiny_models, tmp_path):
+    make_rows(64, ["negative", "positive"], seed=1).to_csv(tmp_path / "train.csv", index=False)
+    result = CliRunner().invoke(app, [
+        "train", "--model", str(tiny_models["bert"]), "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "run"),
+        "--quiet", "--model.max_length", "32", "--train.epochs", "1", "--train.batch_size", "8", "--train.lr", "1e-6",
+        "--train.precision", "fp32", "--train.device", "cpu", "--data.val_fraction", "0.25", "--data.min_held_out", "0",
+        "--train.min_steps", "0", "--train.contrastive_steps", "0", "--train.baseline_blend", "on"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    info = json.loads((tmp_path / "run" / "history.json").read_text())["baseline_blend"]
+    assert f"with the TF-IDF baseline mixed in at weight {info['weight']:g}: accuracy {info['blend']['accuracy']:.4f}" in text

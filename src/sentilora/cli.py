@@ -226,6 +226,9 @@ def train(
         which = f"{result.models} models averaged" if result.combined == "soup" else f"an ensemble of {result.models} models"
     scored = (f"{which} — validation accuracy {best['accuracy']:.4f}, F1 {best['f1']:.4f}"
               if "accuracy" in best else f"{result.best_epoch} epoch{'s' * (result.best_epoch != 1)}, final weights kept (no validation texts held out)")
+    if result.blend and result.blend["weight"]:
+        scored += (f"; with the TF-IDF baseline mixed in at weight {result.blend['weight']:g}: accuracy "
+                   f"{result.blend['blend']['accuracy']:.4f} on the {result.blend['texts']} validation texts")
     out.print(f"[green]done[/]: {scored}; {result.steps} steps in {result.train_seconds:.0f}s. Bundle: {result.run_dir}")
 
 

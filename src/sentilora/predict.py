@@ -254,7 +254,8 @@ class Classifier:
                 steps: int = DEFAULT_STEPS, long_texts: LongTexts = "truncate") -> list[Explanation]:
         """Word-level explanations (see `sentilora.explain`): each word's contribution to the logit of the
         label `predict` shows for the text (or of `target`), over the tokens this classifier reads
-        (long_texts='chunk': every word, in the overlapping windows `logits` averages)."""
+        (long_texts='chunk': every word, in the overlapping windows `logits` averages). With a TF-IDF blend
+        (--train.baseline_blend) the label is the blend's and the attributions are of the transformer's logit."""
         if self.model is None:
             raise BundleError("explanations need the PyTorch model (gradients); an ONNX export has none. "
                               "Explain with the run folder or the merged folder instead.")

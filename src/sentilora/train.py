@@ -78,6 +78,7 @@ class TrainResult:
     train_seconds: float = 0.0
     models: int = 1  # --train.soup / --train.ensemble: models combined into the bundle
     combined: str = ""  # how: "soup" (weights averaged) or "ensemble" (probabilities averaged)
+    blend: dict[str, Any] | None = None  # --train.baseline_blend: the weight and validation figures (history.json)
 
 
 def train(
@@ -652,11 +653,10 @@ def _blend(cfg: Config, result: TrainResult, dd: D.Dist) -> TrainResult:
             log.warning("--train.baseline_blend on, but the run has no validation texts to choose the baseline's "
                         "weight on: the model is kept alone (set --data.min_held_out 0 to hold some out)")
         return result
-    dd.on_main(lambda: _fit_blend(cfg, data, result.run_dir))
-    return result
+    return replace(result, blend=dd.on_main(lambda: _fit_blend(cfg, data, result.run_dir)))
 
 
-def _fit_blend(cfg: Config, data: Any, out_dir: Path) -> None:
+def _fit_blend(cfg: Config, data: Any, out_dir: Path) -> dict[str, Any]:
     train, val = data.splits["train"], data.splits["validation"]
     t0 = time.perf_counter()
     base = fit_baseline(train.texts, train.labels, n_classes=len(data.label_names), seed=cfg.train.seed)
@@ -687,6 +687,7 @@ def _fit_blend(cfg: Config, data: Any, out_dir: Path) -> None:
     else:
         log.info("TF-IDF baseline not mixed in (--train.baseline_blend): no weight lowered the validation log-loss "
                  "(%.4f alone; %d texts)", m["loss"], len(y))
+    return info
 
 
 class _CallableModule(types.ModuleType):
