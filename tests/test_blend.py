@@ -132,3 +132,21 @@ def test_cli_train_reports_the_blended_validation_accuracy(tiny_models, tmp_path
     text = " ".join(result.output.split())
     info = json.loads((tmp_path / "run" / "history.json").read_text())["baseline_blend"]
     assert f"with the TF-IDF baseline mixed in at weight {info['weight']:g}: accuracy {info['blend']['accuracy']:.4f}" in text
+
+
+def test_a_blended_classifier_saved_from_python_keeps_its_baseline(blended_run, tmp_path):
+    clf = Classifier.load(blended_run / "run", device="cpu", precision="fp32", merge=False)
+    clf.save(tmp_path / "copy")
+    again = Classifier.load(tmp_path / "copy", device="cpu", precision="fp32")
+    assert again.manifest.baseline_weight == clf.manifest.baseline_weight
+    assert np.allclose(again.predict_proba(TEXTS), clf.predict_proba(TEXTS), atol=1e-5)
+
+
+def test_serve_blends_a_model_that_shares_its_base_with_another(blended_run, two_runs):
+    from sentilora.serve import ServeSettings, load_models
+
+    run = str(blended_run / "run")
+    served = load_models({"blend": run, "a": two_runs["a"]}, ServeSettings(precision="fp32"))
+    assert served["blend"].kind == "adapter (shared base)"  # the batcher's own Classifier, not Classifier.load
+    want = Classifier.load(run, precision="fp32").predict_proba(TEXTS)
+    np.testing.assert_allclose(served["blend"].classifier.predict_proba(TEXTS), want, atol=1e-5)
