@@ -146,7 +146,21 @@ def test_serve_blends_a_model_that_shares_its_base_with_another(blended_run, two
     from sentilora.serve import ServeSettings, load_models
 
     run = str(blended_run / "run")
-    served = load_models({"blend": run, "a": two_runs["a"]}, ServeSettings(precision="fp32"))
+    served = load_models({"blend": run, "second": two_runs["a"]}, ServeSettings(precision="fp32"))
     assert served["blend"].kind == "adapter (shared base)"  # the batcher's own Classifier, not Classifier.load
     want = Classifier.load(run, precision="fp32").predict_proba(TEXTS)
     np.testing.assert_allclose(served["blend"].classifier.predict_proba(TEXTS), want, atol=1e-5)
+
+
+def test_blend_on_texts_the_baseline_cannot_read_warns_and_keeps_the_model_alone(tiny_models, tmp_path, caplog):
+    import pandas as pd
+
+    rows = pd.DataFrame({"text": ["a b", "c d"] * 16, "label": ["negative", "positive"] * 16})  # no word of 2+ letters
+    rows.to_csv(tmp_path / "train.csv", index=False)
+    rows.to_csv(tmp_path / "test.csv", index=False)
+    cfg = tiny_config(tiny_models["bert"], tmp_path / "train.csv", tmp_path / "test.csv",
+                      **{"train.baseline_blend": "on", "train.epochs": 1})
+    with caplog.at_level(logging.WARNING, logger="sentilora.train"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    assert "it cannot be fitted on these texts (empty vocabulary" in caplog.text
+    assert result.blend["weight"] == 0 and Manifest.read(tmp_path / "run").baseline_weight == 0

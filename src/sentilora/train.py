@@ -50,6 +50,7 @@ from sentilora.files import (
     atomic_write_json,
     atomic_write_text,
     check_new_folder,
+    first_line,
     read_json_object,
     remove,
 )
@@ -659,7 +660,12 @@ def _blend(cfg: Config, result: TrainResult, dd: D.Dist) -> TrainResult:
 def _fit_blend(cfg: Config, data: Any, out_dir: Path) -> dict[str, Any]:
     train, val = data.splits["train"], data.splits["validation"]
     t0 = time.perf_counter()
-    base = fit_baseline(train.texts, train.labels, n_classes=len(data.label_names), seed=cfg.train.seed)
+    try:
+        base = fit_baseline(train.texts, train.labels, n_classes=len(data.label_names), seed=cfg.train.seed)
+    except ValueError as e:  # e.g. "empty vocabulary": no word of two or more letters in any text
+        log.warning("TF-IDF baseline not mixed in (--train.baseline_blend): it cannot be fitted on these texts "
+                    "(%s); the model is kept alone", first_line(e))
+        return {"weight": 0.0, "error": first_line(e)}
     p_base = base.predict_proba(val.texts)
     p_model = Classifier.load(out_dir, device=cfg.train.device).predict_proba(val.texts)
     weight, losses = choose_weight(p_model, p_base, val.labels)
