@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from sentilora.files import atomic_write_bytes
+
 NAME = "TF-IDF 1-2 grams + logistic regression"
 # Bigrams seen once are mostly noise and, on tens of thousands of texts, most of the vocabulary:
 # from this many training texts on, a term must occur in two of them.
@@ -52,11 +54,8 @@ class Baseline:
         out[:, self.model.classes_] = p
         return out
 
-
     def save(self, path: Path) -> None:
         """Write the fitted vocabulary, idf and coefficients to `path` (.npz of plain arrays: nothing executable)."""
-        from sentilora.files import atomic_write_bytes
-
         terms = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
         buf = io.BytesIO()
         np.savez_compressed(buf, terms=np.array(terms, dtype=str), idf=self.vectorizer.idf_,
@@ -88,9 +87,9 @@ def blend(model_probs: np.ndarray, baseline_probs: np.ndarray, weight: float) ->
 def blended_logits(logits: np.ndarray, baseline_probs: np.ndarray, weight: float) -> np.ndarray:
     """Logits whose softmax is the blend of softmax(`logits`) and the baseline's probabilities: the log of the
     blend, so calibration, thresholds and argmax read a blended bundle like any other (as an ensemble's)."""
-    z = np.asarray(logits, dtype=np.float64)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    from scipy.special import softmax
+
+    p = softmax(np.asarray(logits, dtype=np.float64), axis=1)
     return np.log(np.clip(blend(p, baseline_probs, weight), 1e-12, None)).astype(np.float32)
 
 
