@@ -297,7 +297,8 @@ def merge_bundle(folder: str | Path, out: str | Path) -> Path:
     man = Manifest.read(folder)
     if man.kind == "ensemble":
         raise BundleError(f"{folder}: an ensemble of {len(man.members or [])} models (--train.ensemble) cannot be folded "
-                          "into one model; predict, serve, evaluate and export read the run folder as it is.")
+                          "into one model; predict, serve, evaluate and export read the run folder as it is (for one model, train "
+                          "again with --train.ensemble 1).")
     if man.kind == "onnx":
         raise BundleError(f"{folder}: an ONNX export (`sentilora export`), which cannot be merged; merge the run folder "
                           f"it was exported from{export_source(man)}.")

@@ -299,7 +299,7 @@ class Trainer:
                             "with %d classes and %d stage steps it is ignored", len(s.data.label_names), self.contrastive_steps)
             else:
                 log.info("ordered classes in the contrastive stage: neighbours pulled to similarity %g", t.contrastive_ordinal)
-        if t.ensemble > 1 and dd.is_main and not resume:
+        if (t.ensemble or 1) > 1 and dd.is_main and not resume:
             log.info("%d models will be trained, seeds %d to %d, and their class probabilities averaged "
                      "(--train.ensemble %d; 1 trains one model)", t.ensemble, t.seed,
                      t.seed + t.ensemble - 1, t.ensemble)
@@ -548,7 +548,7 @@ MEMBERS = "members"
 
 def models(t: TrainConfig) -> int:
     """How many models the run trains (--train.soup or --train.ensemble; the config allows one of them)."""
-    return max(t.soup, t.ensemble)
+    return max(t.soup, t.ensemble or 1)
 
 
 def _combine_pending(out_dir: Path) -> Config | None:
@@ -572,7 +572,7 @@ def _combine(cfg: Config, out_dir: Path, dd: D.Dist, *, resume: bool, show: bool
     members/seed-N (resumable, loadable), then write their combination into `out_dir` and score it:
     their averaged adapter (--train.soup), or a manifest naming them all (--train.ensemble)."""
     t = cfg.train
-    n, how = models(t), ("ensemble" if t.ensemble > 1 else "soup")
+    n, how = models(t), ("ensemble" if (t.ensemble or 1) > 1 else "soup")
     seeds = [t.seed + i for i in range(n)]
     folders = [out_dir / MEMBERS / f"seed-{seed}" for seed in seeds]
     dd.on_main(lambda: _keep_first(out_dir, folders[0]))
