@@ -239,7 +239,9 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     "sst5-16-ensemble": ("sst5", 16, tuple(range(10)), {"3 models averaged": {"train.soup": 3}}),
     # Full SST-5: 3 models whose class probabilities are averaged (--train.ensemble 3), against one model
     # (sst5-full-regularise's first row, the same draws on this Xeon).
-    "sst5-full-ensemble": ("sst5", None, (0, 1, 2), {"one model": {}, "3 models, probabilities averaged": {"train.ensemble": 3}}),
+    "sst5-full-ensemble": ("sst5", None, (0, 1, 2, 3, 4, 5), {  # draws 3-5: fourteenth session; no TF-IDF blend, as before
+        "one model": {"train.baseline_blend": "off"},
+        "3 models, probabilities averaged": {"train.ensemble": 3, "train.baseline_blend": "off"}}),
     # Eleventh session (Xeon, fp32): full SST-2 and SST-5, under their test goals (0.89, 0.52), on levers of the
     # LoRA update itself, against one model of the short-text recipe (the precision groups' first row). DoRA
     # (--lora.dora): SST-2 0.883 against 0.880 (0.881, 0.889, 0.878 against 0.875, 0.886, 0.878), SST-5 0.479
@@ -266,6 +268,11 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # figures first. Adopted by --preset auto for 1,000+ short texts with 500+ validation texts (recipe.py).
     "sst2-full-blend": ("sst2", None, (0, 1, 2), {"model alone": {"train.baseline_blend": "off"}, "TF-IDF blend": {}}),
     "sst5-full-blend": ("sst5", None, (0, 1, 2), {"model alone": {"train.baseline_blend": "off"}, "TF-IDF blend": {}}),
+    # Fourteenth session (Xeon, fp32): 3 models whose probabilities are averaged, with the TF-IDF blend on both
+    # sides (the product's blend on each run; the one-model cells are sst*-full-blend's). Adopted by --preset auto
+    # for 1,000+ short texts in 2 classes (recipe.py: ENSEMBLE).
+    "sst2-full-ensemble-blend": ("sst2", None, (0, 1, 2), {"one model, TF-IDF blend": {},
+                                                           "3 models, TF-IDF blend": {"train.ensemble": 3}}),
     # Retired: sst5-full-soup-one-start, 3 models that shared their starting weights (LoRA init, head) and differed
     # only in batch order, averaged (a --train.order_seed, at commit 38bb2e5, removed in the next). A probe outside
     # the product had them ahead on Zen 4 (0.489 against 0.485); in the product, on the Xeon, they lost every draw:
@@ -332,6 +339,8 @@ def cell_files(dataset: str, per_class: int | None, seed: int, overrides: dict[s
     train_p, val_p = _write(train, WORK / "data" / f"{tag}-train.parquet"), _write(val, WORK / "data" / f"{dataset}-val.parquet")
     settings = {"model.name": "minilm", "data.source": str(train_p), "data.label_names": ",".join(names),
                 "train.seed": seed, "data.seed": seed, **overrides}
+    if not {"train.ensemble", "train.soup"} & set(overrides):
+        settings["train.ensemble"] = 1  # the groups weigh levers of one model (--preset auto trains 3 on SST-2 full)
     from sentilora.config import Config
 
     resolved = config_for_key(Config().override(settings).to_dict(), dataset, per_class)

@@ -85,6 +85,7 @@ def test_an_ensemble_cannot_be_merged_or_saved_as_one_model(ensemble_run, tmp_pa
     run = ensemble_run[0]
     r = CliRunner().invoke(app, ["merge", str(run), str(tmp_path / "merged")])
     assert r.exit_code == 2 and "ensemble of 2 models" in r.output and "cannot be folded" in r.output
+    assert "--train.ensemble 1" in " ".join(r.output.split())  # the way to a model that merges
     assert not (tmp_path / "merged").exists()
     with pytest.raises(BundleError, match="saved as its run folder"):
         Classifier.load(run, precision="fp32").save(tmp_path / "saved")
