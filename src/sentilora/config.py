@@ -174,9 +174,9 @@ class TrainConfig:
         "prediction averages their class probabilities (an ensemble), so it takes this many times as long, "
         "and so does training; `sentilora merge` cannot fold it into one model. Each model is kept in "
         "members/seed-N of the run folder; --train.max_minutes is shared among them. Unset: 3 for 1,000+ short "
-        "texts in 2 classes (--preset auto), else 1. On full SST-2 3 models scored 0.888 against 0.880 on "
-        "validation (0.889 against 0.885 with the TF-IDF blend); on full SST-5 0.491 against 0.496, so 5 classes "
-        "keep one model: README, 'Several models, probabilities averaged'.")
+        "training texts (--preset auto), else 1. On full SST validation 3 models scored 0.888 against 0.880 (SST-2, "
+        "3 draws) and 0.495 against 0.486 (SST-5, 6 draws), with a third of one model's spread between draws: "
+        "README, 'Several models, probabilities averaged'.")
     baseline_blend: Literal["auto", "on", "off"] = _f(
         "auto", "Mix the TF-IDF + logistic-regression baseline into the model: fitted on the training texts in "
         "seconds, its class probabilities are averaged with the model's at the weight (0 to 0.6) with the lowest "
