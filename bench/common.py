@@ -444,7 +444,7 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
     held_out = round(carve) if carve >= cfg.data.min_held_out else 0
     if cfg.data.validation_split == "validation":  # the suite's variant: SST's own validation split, no carve-out
         texts, held_out = rows, VALIDATION_ROWS[dataset]
-    out = recipe.resolve(cfg, [length] * min(texts, recipe.MANY_TEXTS), CLASS_NAMES[dataset],
+    out = recipe.resolve(cfg, [length] * texts, CLASS_NAMES[dataset],
                          labels=[i % classes for i in range(texts)], held_out=held_out)[0].to_dict()  # balanced draws
     # --data.min_held_out went from 50 to 100 on 2026-12-06: where both hold out the same rows (all but
     # 500-999 training rows), the key keeps the old value and the cell its result.

@@ -78,6 +78,7 @@ def test_a_few_long_texts_are_read_whole_up_to_512_tokens():
 
 def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(R, "MANY_TEXTS", 30)  # the tiny data set (36 training texts of ~10 tokens) counts as many
+    monkeypatch.setattr(R, "ENSEMBLE_MIN_TEXTS", 30)  # ... and as enough for 3 models
     train_csv, test_csv = dataset()
     cfg = tiny_config(tiny_models["bert"], train_csv, test_csv).override(
         {"train.epochs": None, "train.lr": None, "lora.r": None, "lora.target_modules": None, "model.max_length": None})
@@ -93,14 +94,16 @@ def test_a_run_saves_the_settings_the_data_chose(tiny_models, dataset, tmp_path,
     assert "short training texts" in caplog.text and "LoRA r16 (alpha 32) on all, lr 0.001, 2 epochs" in caplog.text
 
 
-def test_many_short_texts_train_an_ensemble_of_three():
+def test_thousands_of_short_texts_train_an_ensemble_of_three():
     def ensemble(lengths, names=BINARY, given=None):
         return R.resolve(Config().override(given or {}), lengths, names)[0].train.ensemble
 
-    assert ensemble(SHORT) == ensemble(SHORT, SST5) == R.ENSEMBLE == 3
-    assert ensemble(LONG) == ensemble(SHORT[:-1]) == 1
-    assert ensemble(SHORT, given={"train.soup": 3}) == 1  # the config allows one way of combining models
-    assert ensemble(SHORT, given={"train.ensemble": 1}) == 1 and ensemble(LONG, given={"train.ensemble": 2}) == 2
+    thousands = [25] * R.ENSEMBLE_MIN_TEXTS
+    assert ensemble(thousands) == ensemble(thousands, SST5) == R.ENSEMBLE == 3
+    assert ensemble(thousands[:-1]) == ensemble(SHORT) == 1  # the short-text row, but fewer texts than measured
+    assert ensemble([230] * R.ENSEMBLE_MIN_TEXTS) == 1  # long texts
+    assert ensemble(thousands, given={"train.soup": 3}) == 1  # the config allows one way of combining models
+    assert ensemble(thousands, given={"train.ensemble": 1}) == 1 and ensemble(LONG, given={"train.ensemble": 2}) == 2
 
 
 def test_the_log_line_names_the_adapter_kind_and_the_models_trained():
