@@ -173,7 +173,7 @@ class TrainConfig:
         None, "Train this many models on the same data, seeds --train.seed, +1, +2 ..., and keep them all: "
         "prediction averages their class probabilities (an ensemble), so it takes this many times as long, "
         "and so does training; `sentilora merge` cannot fold it into one model. Each model is kept in "
-        "members/seed-N of the run folder; --train.max_minutes is shared among them. Unset: 3 for 1,000+ short "
+        "members/seed-N of the run folder; --train.max_minutes is shared among them. Unset: 3 for 5,000+ short "
         "training texts (--preset auto), else 1. On full SST validation 3 models scored 0.888 against 0.880 (SST-2, "
         "3 draws) and 0.495 against 0.486 (SST-5, 6 draws), with a third of one model's spread between draws: "
         "README, 'Several models, probabilities averaged'.")
