@@ -82,7 +82,7 @@ ORDINAL_SMOOTHING = 0.2
 BLEND_MIN_HELD_OUT = 500
 # bench/recipes.py's sst2-full-ensemble and sst5-full-ensemble groups, validation accuracy of 3 models whose
 # probabilities are averaged against one: SST-2 0.888 / 0.880 (3 draws, every one higher; with the TF-IDF blend on
-# both, 0.889 / 0.885, every draw higher); SST-5 0.495 / 0.486 over 6 draws (0.491 / 0.496 on the first 3, then
+# both, sst2-full-ensemble-blend, 0.889 / 0.885, every draw higher); SST-5 0.495 / 0.486 over 6 draws (0.491 / 0.496 on the first 3, then
 # 0.499 / 0.477 on 3 more: one model's draws spread from 0.462 to 0.502, the ensemble's from 0.489 to 0.502).
 # With the TF-IDF blend on both (a probe applying baseline.py to the same bundles): SST-5 0.496 / 0.489. On test
 # (bench/suite.py's default rows, with the blend): SST-2 0.897 against 0.885, SST-5 0.526 against 0.511.
