@@ -164,3 +164,27 @@ def test_blend_on_texts_the_baseline_cannot_read_warns_and_keeps_the_model_alone
         result = train(cfg, tmp_path / "run", progress=False)
     assert "it cannot be fitted on these texts (empty vocabulary" in caplog.text
     assert result.blend["weight"] == 0 and Manifest.read(tmp_path / "run").baseline_weight == 0
+
+
+@pytest.mark.parametrize("stopped", ["before the baseline was fitted", "after the manifest, before history.json"])
+def test_a_run_stopped_before_its_blend_resumes_to_the_same_blend(blended_run, tmp_path, stopped):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(blended_run / "run", run)
+    want = Classifier.load(run, device="cpu", precision="fp32").predict_proba(TEXTS)
+    history = json.loads((run / "history.json").read_text())
+    info = history.pop("baseline_blend")
+    (run / "history.json").write_text(json.dumps(history))
+    if stopped == "before the baseline was fitted":
+        (run / BLEND_FILE).unlink()
+        man = Manifest.read(run)
+        man.baseline_weight = 0.0
+        man.save(run)
+    result = train(Config(), run, resume=True, progress=False)
+    assert result.blend is not None and result.blend["weight"] == info["weight"] == max(BLEND_WEIGHTS)
+    assert result.blend["model"] == info["model"]  # weighed on the model alone, not on the old blend
+    assert result.best_metrics == history["epochs"][history["best_epoch"] - 1] and result.steps == history["steps"]
+    assert Manifest.read(run).baseline_weight == info["weight"]
+    assert "baseline_blend" in json.loads((run / "history.json").read_text())
+    assert np.allclose(Classifier.load(run, device="cpu", precision="fp32").predict_proba(TEXTS), want, atol=1e-5)

@@ -110,6 +110,9 @@ def train(
     out_dir = Path(out_dir)
     with D.process_group() as dd:
         show = progress and dd.is_main
+        unblended = _blend_pending(out_dir) if resume else None
+        if unblended is not None:  # trained and combined; stopped before the TF-IDF blend was fitted
+            return _blend(unblended, _finished(out_dir), dd)
         pending = _combine_pending(out_dir) if resume else None
         if pending is not None:  # the first model is done; the others go on below
             cfg = pending
@@ -562,6 +565,33 @@ def _combine_pending(out_dir: Path) -> Config | None:
     return cfg if models(cfg.train) > 1 and not done else None
 
 
+def _blend_pending(out_dir: Path) -> Config | None:
+    """The run's config, where `out_dir` holds a finished bundle (its models combined) whose TF-IDF blend
+    (--train.baseline_blend on) was not written yet; else None."""
+    history = out_dir / "history.json"
+    if (out_dir / C.CHECKPOINT).is_dir() or not (out_dir / MANIFEST).is_file() or not history.is_file() \
+            or not (out_dir / "config.yaml").is_file():
+        return None
+    cfg = Config.from_yaml(out_dir / "config.yaml")
+    done = set(read_json_object(history))
+    if cfg.train.baseline_blend != "on" or "baseline_blend" in done:
+        return None
+    return cfg if models(cfg.train) == 1 or {"soup", "ensemble"} & done else None
+
+
+def _finished(out_dir: Path) -> TrainResult:
+    """The TrainResult of the finished run in `out_dir`, from its history.json."""
+    h = read_json_object(out_dir / "history.json")
+    how = next((k for k in ("ensemble", "soup") if k in h), "")
+    best = h["epochs"][h["best_epoch"] - 1]
+    if not how:
+        return TrainResult(out_dir, h["best_epoch"], best, h["epochs"], h["steps"], h["train_seconds"])
+    members = h[how]["members"]
+    steps = sum(read_json_object(out_dir / m["folder"] / "history.json")["steps"] for m in members)
+    return TrainResult(out_dir, h["best_epoch"], h[how]["validation"] or best, h["epochs"], steps, h["train_seconds"],
+                       len(members), how)
+
+
 def _budget(t: TrainConfig) -> float | None:
     """Minutes of --train.max_minutes for one model: the whole run's, shared among its models."""
     return t.max_minutes / models(t) if t.max_minutes else None
@@ -666,6 +696,10 @@ def _fit_blend(cfg: Config, data: Any, out_dir: Path) -> dict[str, Any]:
         log.warning("TF-IDF baseline not mixed in (--train.baseline_blend): it cannot be fitted on these texts "
                     "(%s); the model is kept alone", first_line(e))
         return {"weight": 0.0, "error": first_line(e)}
+    man = Manifest.read(out_dir)
+    if man.baseline_weight:  # written by a run stopped before its history.json: the model alone is weighed again
+        man.baseline_weight = 0.0
+        man.save(out_dir)
     p_base = base.predict_proba(val.texts)
     p_model = Classifier.load(out_dir, device=cfg.train.device).predict_proba(val.texts)
     weight, losses = choose_weight(p_model, p_base, val.labels)
@@ -680,7 +714,6 @@ def _fit_blend(cfg: Config, data: Any, out_dir: Path) -> dict[str, Any]:
             "loss_by_weight": {f"{w:g}": round(v, 4) for w, v in zip(BLEND_WEIGHTS, losses)}}
     if weight:
         base.save(out_dir / BLEND_FILE)  # before the manifest names it: a bundle stopped in between stays whole
-        man = Manifest.read(out_dir)
         man.baseline_weight = weight
         man.save(out_dir)
     history = read_json_object(out_dir / "history.json")
