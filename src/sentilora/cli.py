@@ -183,7 +183,7 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with config sections (model, lora, data, train, eval).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Shortcut for --model.name (e.g. minilm, distilbert, a path).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Shortcut for --data.source (e.g. imdb-sample, reviews.csv).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last checkpoint, or finish what follows training (combining several models, the TF-IDF blend).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     preset: Annotated[Optional[str], typer.Option("--preset", help="A recipe: 'auto' (the default) or a measured trade-off against it. "
         + " ".join(f"'{k}': {v[1]}." for k, v in PRESETS.items()))] = None,
