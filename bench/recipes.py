@@ -273,9 +273,6 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # Fourteenth session (Xeon, fp32): 3 models whose probabilities are averaged, with the TF-IDF blend on both
     # sides (the product's blend on each run; the one-model cells are sst*-full-blend's). Adopted by --preset auto
     # for 5,000+ short training texts (recipe.py: ENSEMBLE), SST-5 too after sst5-full-ensemble's 6 draws.
-    # Fifteenth session (Xeon, fp32): P3 at 16 per class, 0.2 points behind SetFit on test, where SetFit trains
-    # 4-7x longer than sentilora (1,045-1,354 s against 172-383 s): 3 models whose probabilities are averaged.
-    "p3-16-ensemble": ("p3", 16, (0, 1, 2), {"default": {}, "3 models, probabilities averaged": {"train.ensemble": 3}}),
     "sst2-full-ensemble-blend": ("sst2", None, (0, 1, 2), {"one model, TF-IDF blend": {},
                                                            "3 models, TF-IDF blend": {"train.ensemble": 3}}),
     # Retired: sst5-full-soup-one-start, 3 models that shared their starting weights (LoRA init, head) and differed
