@@ -1,0 +1,105 @@
+"""Class names as training texts at 16 labels per class, on validation data only (a probe outside the product).
+
+    python bench/class_name_texts.py        # SST-5 (10 draws) and P3 (3 draws), every variant (cached per cell)
+
+SetFit's `get_templated_dataset` makes training texts from the class names ("This sentence is {}",
+2 per class), for zero-shot and few-shot runs. This tries the same on the two cells where sentilora's
+default trails SetFit on test (SST-5 and P3 at 16 per class): each variant adds its texts to a
+bench/recipes.py cell's training file and trains with every setting left at its default. It is
+compared with the default on the same draws. The product has no such option (yet). Cells are cached in
+bench/work/class_name_texts/; results go to bench/results/class_name_texts-validation.json.
+
+First run on 2026-12-07 (fifteenth session, Xeon, fp32). Its P3 and SST-5 cells with SetFit's template
+trained beside other jobs on the 2 cores (a CI run, the quickstart): their training seconds say nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipes  # noqa: E402
+from common import WORK_DIR, machine_info, utc_now, write_results  # noqa: E402
+
+WORK = WORK_DIR / "class_name_texts"
+DRAWS = {"sst5": 10, "p3": 3}
+# variant -> (its key in the cache, texts per class, template)
+VARIANTS = {"default": ("default", 0, ""), "the bare name, 1 per class": ("names1", 1, "{}"),
+            "'a {} review', 1 per class": ("names-review", 1, "a {} review"),
+            "SetFit's 'This sentence is {}', 2 per class": ("setfit-template", 2, "This sentence is {}")}
+SKIP = {("p3", "'a {} review', 1 per class")}  # not run: a P3 cell takes 5-10 minutes on the Xeon
+CODE = ("import json, sys\nfrom sentilora.config import Config\nfrom sentilora.train import train\n"
+        "from sentilora.evaluate import evaluate_run\ns = json.loads(sys.argv[1])\n"
+        "train(Config().override(s['settings']), s['run'], progress=False)\n"
+        "h = json.load(open(s['run'] + '/history.json'))\n"
+        "m = evaluate_run(s['run'], data=s['val'], baseline=False)['metrics']\n"
+        "print('ROW ' + json.dumps({'accuracy': m['accuracy'], 'f1': m['f1'], 'train_s': h['train_seconds']}))\n")
+
+
+def cell(dataset: str, seed: int, variant: str) -> dict:
+    """Train and score one draw with `variant`'s texts added (cached)."""
+    key, copies, template = VARIANTS[variant]
+    tag = f"{dataset}-16-s{seed}-{key}"
+    out = WORK / f"{tag}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    files = recipes.cell_files(dataset, 16, seed, {})
+    settings = dict(files.settings)
+    if copies:
+        train = pd.read_parquet(settings["data.source"])
+        names = settings["data.label_names"].split(",")
+        extra = pd.DataFrame({"text": [template.format(n) for n in names for _ in range(copies)],
+                              "label": [n for n in names for _ in range(copies)]})
+        if not isinstance(train["label"].iloc[0], str):
+            extra["label"] = [i for i in range(len(names)) for _ in range(copies)]
+        path = WORK / "data" / f"{tag}-train.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat([train, extra], ignore_index=True).to_parquet(path, index=False)
+        settings["data.source"] = str(path)
+    run = WORK / "runs" / tag
+    shutil.rmtree(run, ignore_errors=True)
+    spec = {"settings": settings, "run": str(run), "val": str(files.val)}
+    proc = subprocess.run([sys.executable, "-c", CODE, json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
+    if line is None:
+        sys.exit(f"cell {tag} failed:\n{proc.stderr[-3000:]}")
+    row = {"dataset": dataset, "seed": seed, "variant": variant, "cpu": machine_info()["cpu"], **json.loads(line[4:])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=2))
+    shutil.rmtree(run, ignore_errors=True)  # only the figures are kept
+    return row
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    started, rows = utc_now(), []
+    for dataset, n in DRAWS.items():
+        default = None
+        for variant in VARIANTS:
+            if (dataset, variant) in SKIP:
+                continue
+            cells = [cell(dataset, seed, variant) for seed in range(n)]
+            acc = [c["accuracy"] for c in cells]
+            print(f"{dataset} 16/class, {variant}: {np.mean(acc):.4f} ({', '.join(f'{a:.4f}' for a in acc)})", flush=True)
+            default = acc if variant == "default" else default
+            rows.append({"system": f"{dataset}-16: {variant}", "val_n": len(recipes.data(dataset)[1]),
+                         "accuracy_mean": round(float(np.mean(acc)), 4), "accuracy_sd": round(float(np.std(acc, ddof=1)), 4),
+                         "accuracy": [round(a, 4) for a in acc], "f1_mean": round(float(np.mean([c["f1"] for c in cells])), 4),
+                         "higher_than_default": None if variant == "default" else
+                         f"{sum(a > d for a, d in zip(acc, default))} of {n}",
+                         "train_s": [round(c["train_s"]) for c in cells], "cpu": sorted({c["cpu"] for c in cells})})
+    write_results("class_name_texts", "validation", rows, [], "python bench/class_name_texts.py", started)
+
+
+if __name__ == "__main__":
+    main()
