@@ -46,6 +46,7 @@ def test_none_resets_optional():
         ({"train.soup": "3", "lora.dora": "true"}, "drop --lora.dora, or combine DoRA models with --train.ensemble"),
         ({"data.val_fraction": "1.5"}, "--data.val_fraction must be between 0 and 1"),
         ({"train.contrastive_ordinal": "1"}, "--train.contrastive_ordinal must be in [0, 1)"),
+        ({"train.class_name_texts": "-1"}, "--train.class_name_texts must be 0 (none) or more"),
         ({"train.precision": "fp16", "train.device": "cpu"}, "fp16 needs a CUDA GPU"),
         ({"train.epochs": "three"}, "--train.epochs must be a whole number; got 'three'"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -119,6 +120,26 @@ def test_a_run_with_the_stage_trains_logs_it_and_reloads(tiny_models, dataset, t
     # after it: 2 epochs of 36 texts in batches of 8.
     assert result.steps == len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 10
     assert evaluate_run(tmp_path / "run", baseline=False)["metrics"]["n"] == 24  # the bundle loads and scores
+
+
+def test_class_name_texts_join_the_training_texts_only(tiny_models, dataset, tmp_path, caplog):
+    from sentilora.data import Split, with_class_name_texts
+
+    split = Split(["a fine film"], [1], "x.csv")
+    assert with_class_name_texts(split, ["neg", "pos"], 0) is split
+    more = with_class_name_texts(split, ["neg", "pos"], 2)
+    assert more.texts[1:] == ["This sentence is neg"] * 2 + ["This sentence is pos"] * 2 and more.labels == [1, 0, 0, 1, 1]
+    train_csv, test_csv = dataset()
+    runs = {}
+    for n in (0, 2):
+        cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.class_name_texts": n, "train.epochs": 1,
+                                                                      "train.min_steps": 0, "train.contrastive_steps": 0})
+        with caplog.at_level(logging.INFO):
+            train(cfg, tmp_path / f"run{n}", progress=False)
+        runs[n] = json.loads((tmp_path / f"run{n}" / "history.json").read_text())
+    assert runs[2]["train_samples"] == runs[0]["train_samples"] + 2 * 2  # 2 per class, 2 classes, 1 epoch
+    assert "2 training texts per class made from the class names" in caplog.text
+    assert evaluate_run(tmp_path / "run2", baseline=False)["metrics"]["n"] == 24  # the test split is untouched
 
 
 def test_contrastive_ordinal_without_a_scale_is_ignored_with_a_warning(tiny_models, dataset, tmp_path, caplog):

@@ -52,6 +52,17 @@ class LabeledData:
     label_names: list[str]  # index i -> class name
 
 
+CLASS_NAME_TEMPLATE = "This sentence is {}"  # SetFit's get_templated_dataset default
+
+
+def with_class_name_texts(split: Split, label_names: list[str], n: int) -> Split:
+    """`split` with `n` texts per class made from its name (CLASS_NAME_TEMPLATE) appended: --train.class_name_texts."""
+    if n <= 0:
+        return split
+    extra = [(CLASS_NAME_TEMPLATE.format(name), i) for i, name in enumerate(label_names) for _ in range(n)]
+    return Split(split.texts + [t for t, _ in extra], split.labels + [y for _, y in extra], split.origin)
+
+
 def sample_dir() -> Path:
     """Folder of the bundled IMDB sample (train.parquet, test.parquet, README.md)."""
     return Path(__file__).parent / "resources" / "imdb_sample"

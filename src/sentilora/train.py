@@ -43,7 +43,7 @@ from sentilora.batching import epoch_batches, pick_device, pick_dtype
 from sentilora.bundle import MANIFEST, Manifest, average_adapters, load_bundle, save_bundle
 from sentilora.config import Config, TrainConfig
 from sentilora.contrastive import auto_steps, contrastive_stage
-from sentilora.data import load_data
+from sentilora.data import load_data, with_class_name_texts
 from sentilora.errors import SentiloraError
 from sentilora.files import (
     atomic_path,
@@ -159,6 +159,11 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     data = load_data(cfg.data, need=("train", "validation"))
     if dd.is_main:
         _warn_if_small(data)
+    if t.class_name_texts:
+        data.splits["train"] = with_class_name_texts(data.splits["train"], data.label_names, t.class_name_texts)
+        if dd.is_main:
+            log.info("%d training texts per class made from the class names (--train.class_name_texts), e.g. %r",
+                     t.class_name_texts, data.splits["train"].texts[-1])
     tokenizer = M.load_tokenizer(cfg.model.name, revision=cfg.model.revision)
     pooling = H.resolve_pooling(M.resolve_model(cfg.model.name), cfg.model.pooling, revision=cfg.model.revision)
     base, new_weights = M.load_base_model(cfg.model.name, data.label_names, revision=cfg.model.revision, pooling=pooling)
