@@ -273,6 +273,10 @@ GROUPS: dict[str, tuple[str, int | None, tuple[int, ...], dict[str, dict[str, An
     # Fourteenth session (Xeon, fp32): 3 models whose probabilities are averaged, with the TF-IDF blend on both
     # sides (the product's blend on each run; the one-model cells are sst*-full-blend's). Adopted by --preset auto
     # for 5,000+ short training texts (recipe.py: ENSEMBLE), SST-5 too after sst5-full-ensemble's 6 draws.
+    # Fifteenth session (Xeon, fp32): --train.class_name_texts 2 (bench/class_name_texts.py's lead on SST-5 and P3)
+    # at the other short-text cell the stage covers: 0.737 (0.784, 0.703, 0.677, 0.766, 0.755) against 0.723 (0.771, 0.728,
+    # 0.609, 0.760, 0.747), 4 of 5 draws higher. Its first default cells trained beside a CI run: their seconds say nothing.
+    "sst2-16-class-names": ("sst2", 16, (0, 1, 2, 3, 4), {"default": {}, "class names, 2 per class": {"train.class_name_texts": 2}}),
     "sst2-full-ensemble-blend": ("sst2", None, (0, 1, 2), {"one model, TF-IDF blend": {},
                                                            "3 models, TF-IDF blend": {"train.ensemble": 3}}),
     # Retired: sst5-full-soup-one-start, 3 models that shared their starting weights (LoRA init, head) and differed
