@@ -559,26 +559,30 @@ def models(t: TrainConfig) -> int:
     return max(t.soup, t.ensemble or 1)
 
 
-def _combine_pending(out_dir: Path) -> Config | None:
-    """The run's config, where `out_dir` holds a finished first model of several whose combination is not
-    written yet; else None."""
+def _trained(out_dir: Path) -> tuple[Config, set[str]] | None:
+    """The run's config and the keys of its history.json, where `out_dir` holds a model whose training
+    finished (no checkpoint left); else None."""
     history = out_dir / "history.json"
     if (out_dir / C.CHECKPOINT).is_dir() or not history.is_file() or not (out_dir / "config.yaml").is_file():
         return None
-    cfg = Config.from_yaml(out_dir / "config.yaml")
-    done = {"soup", "ensemble"} & set(read_json_object(history))
-    return cfg if models(cfg.train) > 1 and not done else None
+    return Config.from_yaml(out_dir / "config.yaml"), set(read_json_object(history))
+
+
+def _combine_pending(out_dir: Path) -> Config | None:
+    """The run's config, where `out_dir` holds a finished first model of several whose combination is not
+    written yet; else None."""
+    if (found := _trained(out_dir)) is None:
+        return None
+    cfg, done = found
+    return cfg if models(cfg.train) > 1 and not {"soup", "ensemble"} & done else None
 
 
 def _blend_pending(out_dir: Path) -> Config | None:
     """The run's config, where `out_dir` holds a finished bundle (its models combined) whose TF-IDF blend
     (--train.baseline_blend on) was not written yet; else None."""
-    history = out_dir / "history.json"
-    if (out_dir / C.CHECKPOINT).is_dir() or not (out_dir / MANIFEST).is_file() or not history.is_file() \
-            or not (out_dir / "config.yaml").is_file():
+    if (found := _trained(out_dir)) is None or not (out_dir / MANIFEST).is_file():
         return None
-    cfg = Config.from_yaml(out_dir / "config.yaml")
-    done = set(read_json_object(history))
+    cfg, done = found
     if cfg.train.baseline_blend != "on" or "baseline_blend" in done:
         return None
     return cfg if models(cfg.train) == 1 or {"soup", "ensemble"} & done else None
