@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,12 +37,6 @@ VARIANTS = {"default": ("default", 0, ""), "the bare name, 1 per class": ("names
             "'a {} review', 1 per class": ("names-review", 1, "a {} review"),
             "SetFit's 'This sentence is {}', 2 per class": ("setfit-template", 2, "This sentence is {}")}
 SKIP = {("p3", "'a {} review', 1 per class")}  # not run: a P3 cell takes 5-10 minutes on the Xeon
-CODE = ("import json, sys\nfrom sentilora.config import Config\nfrom sentilora.train import train\n"
-        "from sentilora.evaluate import evaluate_run\ns = json.loads(sys.argv[1])\n"
-        "train(Config().override(s['settings']), s['run'], progress=False)\n"
-        "h = json.load(open(s['run'] + '/history.json'))\n"
-        "m = evaluate_run(s['run'], data=s['val'], baseline=False)['metrics']\n"
-        "print('ROW ' + json.dumps({'accuracy': m['accuracy'], 'f1': m['f1'], 'train_s': h['train_seconds']}))\n")
 
 
 def cell(dataset: str, seed: int, variant: str) -> dict:
@@ -68,14 +60,10 @@ def cell(dataset: str, seed: int, variant: str) -> dict:
         pd.concat([train, extra], ignore_index=True).to_parquet(path, index=False)
         settings["data.source"] = str(path)
     run = WORK / "runs" / tag
-    shutil.rmtree(run, ignore_errors=True)
-    spec = {"settings": settings, "run": str(run), "val": str(files.val)}
-    proc = subprocess.run([sys.executable, "-c", CODE, json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
-    if line is None:
-        sys.exit(f"cell {tag} failed:\n{proc.stderr[-3000:]}")
-    row = {"dataset": dataset, "seed": seed, "variant": variant, "cpu": machine_info()["cpu"], **json.loads(line[4:])}
+    figures = recipes.train_and_score(settings, run, files.val)
+    if isinstance(figures, str):
+        sys.exit(f"cell {tag} failed:\n{figures}")
+    row = {"dataset": dataset, "seed": seed, "variant": variant, "cpu": machine_info()["cpu"], **figures}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(row, indent=2))
     shutil.rmtree(run, ignore_errors=True)  # only the figures are kept

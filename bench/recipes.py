@@ -354,14 +354,9 @@ def cell_files(dataset: str, per_class: int | None, seed: int, overrides: dict[s
     return CellFiles(settings, WORK / f"{tag}-{key}.json", WORK / "runs" / f"{tag}-{key}", val_p, len(val))
 
 
-def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any], *,
-         cached_only: bool = False) -> dict[str, Any] | None:
-    """Train and score one cell in a subprocess (its own peak RSS); cached."""
-    settings, out, run, val_p, val_n = cell_files(dataset, per_class, seed, overrides)
-    if out.exists():
-        return json.loads(out.read_text())
-    if cached_only:
-        return None
+def train_and_score(settings: dict[str, Any], run: Path, val_p: Path) -> dict[str, Any] | str:
+    """Train `settings` into `run` and score it on `val_p`, in a subprocess (its own peak RSS): the row's
+    figures, or the subprocess's stderr tail where it failed."""
     code = ("import json, sys, time, resource\n"
             "from sentilora.config import Config\nfrom sentilora.train import train\nfrom sentilora.evaluate import evaluate_run\n"
             "s = json.loads(sys.argv[1]); t0 = time.perf_counter()\n"
@@ -377,10 +372,22 @@ def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, An
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
-    if line is None:
-        sys.exit(f"cell {run.name} {overrides} failed:\n{proc.stderr[-3000:]}")
+    return proc.stderr[-3000:] if line is None else json.loads(line[4:])
+
+
+def cell(dataset: str, per_class: int | None, seed: int, overrides: dict[str, Any], *,
+         cached_only: bool = False) -> dict[str, Any] | None:
+    """Train and score one cell (`train_and_score`); cached."""
+    settings, out, run, val_p, val_n = cell_files(dataset, per_class, seed, overrides)
+    if out.exists():
+        return json.loads(out.read_text())
+    if cached_only:
+        return None
+    figures = train_and_score(settings, run, val_p)
+    if isinstance(figures, str):
+        sys.exit(f"cell {run.name} {overrides} failed:\n{figures}")
     row = {"dataset": dataset, "per_class": per_class, "seed": seed, "overrides": overrides, "val_n": val_n,
-           "cpu": machine_info()["cpu"], **json.loads(line[4:])}
+           "cpu": machine_info()["cpu"], **figures}
     out.write_text(json.dumps(row, indent=2))
     return row
 
