@@ -6,9 +6,10 @@ SetFit's `get_templated_dataset` makes training texts from the class names ("Thi
 2 per class), for zero-shot and few-shot runs. This tries the same on the two cells where sentilora's
 default trails SetFit on test (SST-5 and P3 at 16 per class): each variant adds its texts to a
 bench/recipes.py cell's training file and trains with every setting left at its default. It is
-compared with the default on the same draws. The product has since gained the option
-(`--train.class_name_texts N`, appending the same texts to the training split): SST-5's first draw
-with 2 gives the same 0.3479 through it. Cells are cached in
+compared with the default of that time (no such texts) on the same draws. The product has since gained
+the option (`--train.class_name_texts N`, appending the same texts to the training split; SST-5's first
+draw with 2 gives the same 0.3479 through it), and in the sixteenth session `--preset auto` turned it on
+where the contrastive stage runs: the cells here pin it to 0 and add their own texts. Cells are cached in
 bench/work/class_name_texts/; results go to bench/results/class_name_texts-validation.json.
 
 First run on 2026-12-07 (fifteenth session, Xeon, fp32). Its P3 and SST-5 cells with SetFit's template
@@ -46,7 +47,7 @@ def cell(dataset: str, seed: int, variant: str) -> dict:
     out = WORK / f"{tag}.json"
     if out.exists():
         return json.loads(out.read_text())
-    files = recipes.cell_files(dataset, 16, seed, {})
+    files = recipes.cell_files(dataset, 16, seed, {"train.class_name_texts": 0})  # none but the variant's (same key)
     settings = dict(files.settings)
     if copies:
         train = pd.read_parquet(settings["data.source"])

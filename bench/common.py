@@ -460,8 +460,10 @@ def config_for_key(resolved: dict[str, Any], dataset: str, per_class: int | None
         out["lora"].pop("dora", None)
     if out["train"].get("baseline_blend") == "off":  # --train.baseline_blend, thirteenth session; likewise
         out["train"].pop("baseline_blend", None)
-    if not out["train"].get("class_name_texts"):  # --train.class_name_texts, fifteenth session; none, a cell keeps its key
-        out["train"].pop("class_name_texts", None)  # (where set, the stage's steps below leave its texts uncounted)
+    # --train.class_name_texts, fifteenth session, chosen by recipe.resolve since the sixteenth (2 where the contrastive
+    # stage runs): none, a cell keeps its key (where set, the stage's steps below leave its texts uncounted)
+    if not out["train"].get("class_name_texts"):
+        out["train"].pop("class_name_texts", None)
     steps = out["train"].get("contrastive_steps")
     if steps is None and per_class is not None:
         steps = auto_steps(list(range(classes)) * per_class, out["train"]["batch_size"])

@@ -6,8 +6,10 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import make_rows, tiny_config
 
 from sentilora import model as M
@@ -140,6 +142,22 @@ def test_class_name_texts_join_the_training_texts_only(tiny_models, dataset, tmp
     assert runs[2]["train_samples"] == runs[0]["train_samples"] + 2 * 2  # 2 per class, 2 classes, 1 epoch
     assert "2 training texts per class made from the class names" in caplog.text
     assert evaluate_run(tmp_path / "run2", baseline=False)["metrics"]["n"] == 24  # the test split is untouched
+
+
+@pytest.mark.parametrize("ids, added", [(False, 2), (True, 0)])
+def test_left_unset_class_name_texts_join_a_small_run_whose_classes_have_names(tiny_models, dataset, tmp_path, ids, added):
+    train_csv, test_csv = dataset()  # 18 training texts per class: the contrastive stage runs
+    if ids:  # classes 0 and 1: no name to make a text from
+        for path in (train_csv, test_csv):
+            rows = pd.read_csv(path)
+            rows.assign(label=(rows["label"] == "positive").astype(int)).to_csv(path, index=False)
+    cfg = tiny_config(tiny_models["bert"], train_csv, test_csv, **{"train.contrastive_steps": None, "train.epochs": 1})
+    assert cfg.train.class_name_texts is None
+    train(cfg, tmp_path / "run", progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert saved["train"]["class_name_texts"] == added  # a resumed or retrained run reads the same number
+    assert history["train_samples"] == 36 + added * 2  # 48 rows, a quarter held out, 1 epoch
 
 
 def test_contrastive_ordinal_without_a_scale_is_ignored_with_a_warning(tiny_models, dataset, tmp_path, caplog):

@@ -111,3 +111,19 @@ def test_the_log_line_names_the_adapter_kind_and_the_models_trained():
     line = R.describe(cfg)
     assert line.startswith("DoRA r16 (alpha 32) on all") and "3 models whose probabilities are averaged" in line
     assert R.describe(R.resolve(Config(), SHORT, BINARY)[0]).startswith("LoRA r16")
+
+
+def test_a_few_labels_per_class_with_named_classes_get_texts_made_from_the_names():
+    def texts(labels, names=BINARY, given=None):
+        return R.resolve(Config().override(given or {}), [25] * len(labels), names, labels=labels)[0].train.class_name_texts
+
+    few = [0, 1] * 16
+    assert texts(few) == texts([i % 5 for i in range(80)], SST5) == R.CLASS_NAME_TEXTS == 2
+    assert texts([0, 1] * AUTO_BELOW) == 0  # no contrastive stage: not measured there
+    # decided with the texts counted, so that the stage still runs once they are added
+    assert texts([0, 1] * (AUTO_BELOW - R.CLASS_NAME_TEXTS)) == 0 and texts([0, 1] * (AUTO_BELOW - R.CLASS_NAME_TEXTS - 1)) == 2
+    assert texts(few, ["0", "1"]) == texts(few, ["LABEL_0", "LABEL_1"]) == texts(few, ["1 star", "5 stars"]) == 0  # ids, ratings
+    assert texts(few, given={"train.contrastive_steps": 0}) == 0  # measured with the stage only
+    assert texts(few, given={"train.class_name_texts": 0}) == 0 and texts([0, 1] * 500, given={"train.class_name_texts": 3}) == 3
+    assert R.resolve(Config(), SHORT, BINARY)[0].train.class_name_texts == 0  # labels unknown: as if every class were large
+    assert "2 texts per class made from its name" in R.describe(R.resolve(Config(), [25] * 32, BINARY, labels=few)[0])

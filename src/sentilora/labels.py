@@ -1,4 +1,5 @@
-"""Class names in their natural order: a sentiment scale or a rating scale where the names are on one.
+"""Class names in their natural order: a sentiment scale or a rating scale where the names are on one;
+and whether they are words that say what a class is (--train.class_name_texts, sentilora.recipe).
 
 `sentilora.data` orders string labels with `natural_order` (alphabetical when they are on no known scale).
 """
@@ -18,6 +19,7 @@ _SENTIMENT = {
     **dict.fromkeys(("positive", "pos"), 3.0),
     **dict.fromkeys(("very positive", "strongly positive", "extremely positive", "very pos"), 4.0),
 }
+_ID = re.compile(r"(?:label|class|cat|category|c|l)?[\s_-]*\d+", re.IGNORECASE)  # "LABEL_3", "class 2", "c1"
 _NUMBER = re.compile(r"([+-]?\d+(?:\.\d+)?)(?:\s*stars?)?", re.IGNORECASE)  # "3", "4.5", "1 star", "5 stars"
 
 
@@ -43,6 +45,13 @@ def on_sentiment_scale(names: list[str]) -> bool:
     if len(names) < 3 or any(k is None or k[0] != "sentiment" for k in keys):
         return False
     return all(a[1] < b[1] for a, b in zip(keys, keys[1:]))
+
+
+def are_words(names: list[str]) -> bool:
+    """Whether every class name is a word or phrase that says what the class is ("neutral", "billing"), not
+    an id ("0", "LABEL_3", "class 2") or a rating ("4 stars", "***"): text made from it can teach something."""
+    return bool(names) and all(re.search(r"[^\W\d_]{2}", n) and not _ID.fullmatch(n.strip())
+                               and (_rank(n) or ("",))[0] not in ("number", "stars") for n in names)
 
 
 def _rank(name: str) -> tuple[str, float] | None:

@@ -21,6 +21,9 @@ the short-text row with BLEND_MIN_HELD_OUT or more validation texts, else off. -
 unset is ENSEMBLE models for the short-text row with ENSEMBLE_MIN_TEXTS or more texts (unless --train.soup
 is given), else 1.
 
+--train.class_name_texts left unset is CLASS_NAME_TEXTS (texts such as "This sentence is neutral" added to
+the training split) where the contrastive stage runs and the class names are words, not ids; else 0.
+
 --lora.alpha left unset is twice the rank. --train.ordinal_smoothing left unset is ORDINAL_SMOOTHING
 for fewer than MANY_TEXTS short texts whose classes lie on the sentiment scale in its order (3 or more
 of "very negative" .. "very positive"), else 0. The small-data rules (a contrastive stage under 40
@@ -38,7 +41,7 @@ import numpy as np
 
 from sentilora.config import Config
 from sentilora.contrastive import small_classes
-from sentilora.labels import on_sentiment_scale
+from sentilora.labels import are_words, on_sentiment_scale
 
 SHORT_TOKENS = 64  # median tokens per training text: SST sentences are ~25, IMDB reviews ~230
 # Training texts (after the validation carve-out). bench/recipes.py's *-short-recipe groups, validation
@@ -91,6 +94,11 @@ BLEND_MIN_HELD_OUT = 500
 # the rule starts at 5,000, under both, and no lower (256 per class on SST-5, 1,152 texts, keeps one model).
 ENSEMBLE = 3
 ENSEMBLE_MIN_TEXTS = 5_000
+# bench/class_name_texts.py and bench/recipes.py's *-class-names groups, validation accuracy with 2 texts per class
+# made from the class names against none, where the contrastive stage runs (16 per class): SST-5 0.363 / 0.343 (9 of
+# 10 draws higher; macro-F1 0.352 / 0.328), SST-2 0.737 / 0.723 (4 of 5), P3 0.434 / 0.429 (2 of 3), IMDB IMDB_16_VAL.
+# On test (bench/suite.py, 3 draws): SST-5 0.3635 / 0.3368 (SetFit 0.3407), TEST_ROWS.
+CLASS_NAME_TEXTS = 2
 
 
 def choose(lengths: Sequence[int]) -> Recipe:
@@ -125,6 +133,15 @@ def ensemble(recipe: Recipe, texts: int, soup: int) -> int:
     return ENSEMBLE if recipe is MANY_SHORT and texts >= ENSEMBLE_MIN_TEXTS and soup == 1 else 1
 
 
+def class_name_texts(labels: Sequence[int], label_names: list[str], contrastive_steps: int | None) -> int:
+    """--train.class_name_texts's value when unset: CLASS_NAME_TEXTS where the class names are words
+    (`are_words`) and the contrastive stage runs on the training labels with those texts added
+    (`small_classes`, unless --train.contrastive_steps 0), else 0."""
+    added = [i for i in range(len(label_names)) for _ in range(CLASS_NAME_TEXTS)]
+    runs = contrastive_steps != 0 and small_classes([*labels, *added])
+    return CLASS_NAME_TEXTS if runs and are_words(label_names) else 0
+
+
 def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
             has_presets: bool = True, positions: int | None = None,
             labels: Sequence[int] | None = None, held_out: int = 0) -> tuple[Config, Recipe]:
@@ -148,7 +165,10 @@ def resolve(cfg: Config, lengths: Sequence[int], label_names: list[str], *,
                                 baseline_blend=(train.baseline_blend if train.baseline_blend != "auto"
                                                 else baseline_blend(recipe, held_out)),
                                 ensemble=(train.ensemble if train.ensemble is not None
-                                          else ensemble(recipe, len(lengths), train.soup)))
+                                          else ensemble(recipe, len(lengths), train.soup)),
+                                class_name_texts=(train.class_name_texts if train.class_name_texts is not None
+                                                  else 0 if labels is None
+                                                  else class_name_texts(labels, label_names, train.contrastive_steps)))
     return dataclasses.replace(cfg, model=model, lora=lora, train=train), recipe
 
 
@@ -162,5 +182,6 @@ def describe(cfg: Config) -> str:
         several = f", {train.ensemble} models whose probabilities are averaged (--train.ensemble)"
     kind = "DoRA" if lora.dora else "LoRA"
     blend = ", the TF-IDF baseline mixed in at a weight chosen on validation" if train.baseline_blend == "on" else ""
+    names = f", {train.class_name_texts} texts per class made from its name" if train.class_name_texts else ""
     return (f"{kind} r{lora.r} (alpha {lora.alpha}) on {where}, lr {train.lr:g}, {train.epochs} epochs{ordinal}, "
-            f"{cfg.model.max_length} tokens per text{several}{blend}")
+            f"{cfg.model.max_length} tokens per text{several}{blend}{names}")

@@ -159,11 +159,14 @@ def _setup(cfg: Config, dd: D.Dist) -> _Setup:
     data = load_data(cfg.data, need=("train", "validation"))
     if dd.is_main:
         _warn_if_small(data)
+    if t.class_name_texts is None:  # decided on the user's own labels, before the texts join them (sentilora.recipe)
+        t = replace(t, class_name_texts=R.class_name_texts(data.splits["train"].labels, data.label_names, t.contrastive_steps))
+        cfg = replace(cfg, train=t)
     if t.class_name_texts:
         data.splits["train"] = with_class_name_texts(data.splits["train"], data.label_names, t.class_name_texts)
         if dd.is_main:
-            log.info("%d training texts per class made from the class names (--train.class_name_texts), e.g. %r",
-                     t.class_name_texts, data.splits["train"].texts[-1])
+            log.info("%d training texts per class made from the class names, e.g. %r (--train.class_name_texts; "
+                     "0 leaves them out)", t.class_name_texts, data.splits["train"].texts[-1])
     tokenizer = M.load_tokenizer(cfg.model.name, revision=cfg.model.revision)
     pooling = H.resolve_pooling(M.resolve_model(cfg.model.name), cfg.model.pooling, revision=cfg.model.revision)
     base, new_weights = M.load_base_model(cfg.model.name, data.label_names, revision=cfg.model.revision, pooling=pooling)
