@@ -17,6 +17,7 @@ from sentilora.contrastive import AUTO_MIN_STEPS, auto_steps, contrastive_stage,
 from sentilora.heads import head_inputs
 from sentilora.errors import ConfigError
 from sentilora.evaluate import evaluate_run
+from sentilora.recipe import CLASS_NAME_TEXTS
 from sentilora.tokens import encode
 from sentilora.train import train
 
@@ -190,8 +191,9 @@ def test_unset_steps_follow_the_data_and_zero_turns_the_stage_off(tiny_models, d
     cfg = tiny_config(tiny_models["distilbert"], train_csv, test_csv, **{"train.contrastive_steps": None, "train.epochs": 1})
     with caplog.at_level(logging.INFO):
         train(cfg, tmp_path / "auto", progress=False)
-    steps = auto_steps([0, 1] * 18, 8)  # 20 pairs for each of 36 texts, 8 pairs a step
-    assert steps == 90
+    # 20 pairs for each of 40 texts (36, and 2 per class made from the class names), 8 pairs a step
+    steps = auto_steps([0, 1] * (18 + CLASS_NAME_TEXTS), 8)
+    assert steps == 100
     assert f"a contrastive stage of {steps} steps first" in caplog.text
     assert f"contrastive stage: {steps} steps" in caplog.text
     caplog.clear()
