@@ -222,8 +222,8 @@ def _warn_if_small(data: Any) -> None:
     if counts[smallest] < SMALL_CLASS:
         log.warning(
             "only %d training texts of class %r, the smallest: expect an unreliable model. With MiniLM (bench/suite.py), "
-            "16 labels per class gave 0.71 accuracy on short 2-class texts (sd 0.08 over draws; SetFit 0.69), "
-            "0.34 on 5 classes (SetFit 0.34), 0.68 on IMDB reviews (SetFit 0.67) and 0.43 on IMDB by 4 star "
+            "16 labels per class gave 0.72 accuracy on short 2-class texts (sd 0.06 over draws; SetFit 0.69), "
+            "0.36 on 5 classes (SetFit 0.34), 0.70 on IMDB reviews (SetFit 0.67) and 0.46 on IMDB by 4 star "
             "classes (SetFit 0.43); 64 per class 0.78 on the short texts and 0.80 on IMDB. "
             "Evaluate with `sentilora evaluate`, which shows a TF-IDF baseline beside the model; README: "
             "'Which setting for which data'.",
