@@ -98,7 +98,7 @@ ENSEMBLE_MIN_TEXTS = 5_000
 # made from the class names against none, where the contrastive stage runs (16 per class): SST-5 0.363 / 0.343 (9 of
 # 10 draws higher; macro-F1 0.352 / 0.328), SST-2 0.737 / 0.723 (4 of 5), P3 0.434 / 0.429 (2 of 3), IMDB 0.761 / 0.691
 # (5 of 5; macro-F1 0.760 / 0.662).
-# On test (bench/suite.py's default rows against its {"train.class_name_texts": 0} rows, 3 draws; SetFit beside):
+# On test (bench/suite.py's default rows against its {"train.class_name_texts": 0} rows, 3 draws; SetFit's rows, same draws):
 # SST-5 0.364 / 0.337 (SetFit 0.341), P3 0.457 / 0.429 (0.431), IMDB 0.702 / 0.683 (0.671), SST-2 0.719 / 0.711 (0.688).
 CLASS_NAME_TEXTS = 2
 
