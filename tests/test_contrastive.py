@@ -104,6 +104,30 @@ def test_ordered_classes_end_with_neighbours_closer_than_the_ends(tiny_models):
     assert ordered > plain + 0.3 and ordered > 0.3, (plain, ordered)  # here: 0.03 and 0.66
 
 
+def test_a_text_drawn_twice_in_a_step_goes_through_the_model_once(tiny_models):
+    """16 pairs from 36 texts hold about 21 distinct texts: the stage forwards those only, and the
+    pairs' loss is still that of each pair's own two texts."""
+    rows = make_rows(12, ["negative", "positive"], seed=3)
+    labels = [int(x == "positive") for x in rows["label"]]
+    tok = M.load_tokenizer(str(tiny_models["bert"]))
+    ids = encode(tok, rows["text"].tolist(), max_length=32, truncation="head_tail")
+    base, new = M.load_base_model(str(tiny_models["bert"]), ["negative", "positive"], pooling="mean")
+    M.set_dropout(base, 0.0)
+    model = M.add_lora(base, r=4, alpha=8, dropout=0.0, targets=M.target_modules(base, None), heads=M.head_modules(base, new))
+    pairs = draw_pairs(labels, 16, np.random.default_rng(0))  # the stage's first step, same seed
+    emb = _embeddings(model, ids, tok.pad_token_id)
+    cos = (emb[[i for i, _, _ in pairs]] * emb[[j for _, j, _ in pairs]]).sum(-1)
+    expected = torch.nn.functional.mse_loss(cos, torch.tensor([t for _, _, t in pairs])).item()
+    rows_seen = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: rows_seen.append(len(kwargs["input_ids"])),
+                                           with_kwargs=True)
+    loss = contrastive_stage(model, ids, labels, steps=1, pairs_per_step=16, lr=1e-3, pad_id=tok.pad_token_id,
+                             device=torch.device("cpu"), dtype=None, seed=0)
+    hook.remove()
+    assert rows_seen == [len({i for pair in pairs for i in pair[:2]})] and rows_seen[0] <= 12 < 32
+    assert loss == pytest.approx(expected, abs=1e-5)
+
+
 def test_one_class_is_refused(tiny_models):
     base, _ = M.load_base_model(str(tiny_models["bert"]), ["a", "b"], pooling="mean")
     with pytest.raises(ConfigError, match="two classes"):
