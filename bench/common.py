@@ -147,9 +147,8 @@ def machine_info() -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                    if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first_cpu if ":" in line)}
         cpu = f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, " \
               f"{'bf16' if cpu_has_bf16() else 'fp32'})"
     except (OSError, KeyError, ValueError):
